@@ -1,0 +1,111 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from stages.download import download_file, mirror_urls
+from stages.errors import PipelineError
+
+NAME = "t10k-labels-idx1-ubyte.gz"
+PAYLOAD = bytes(range(256)) * 40
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def fetch_into(raw_dir: Path, mirrors: list[str], retries: int = 0) -> str:
+    return download_file(NAME, SHA256, mirrors, raw_dir, timeout=5, retries=retries, retry_delay=0)
+
+
+def leftovers(raw_dir: Path) -> list[str]:
+    return sorted(path.name for path in raw_dir.iterdir()) if raw_dir.exists() else []
+
+
+def test_downloads_and_verifies(tmp_path, file_server):
+    file_server.serve(f"/{NAME}", PAYLOAD)
+    assert fetch_into(tmp_path, [file_server.url]) == file_server.url
+    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+
+
+def test_present_file_with_right_checksum_is_not_fetched_again(tmp_path, file_server):
+    file_server.serve(f"/{NAME}", PAYLOAD)
+    fetch_into(tmp_path, [file_server.url])
+    assert fetch_into(tmp_path, [file_server.url]) == "already present"
+    assert file_server.requests[f"/{NAME}"] == 1
+
+
+def test_present_file_with_wrong_checksum_is_replaced(tmp_path, file_server):
+    file_server.serve(f"/{NAME}", PAYLOAD)
+    (tmp_path / NAME).write_bytes(b"stale")
+    fetch_into(tmp_path, [file_server.url])
+    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+
+
+def test_falls_back_past_bad_mirrors(tmp_path, file_server, closed_port_url):
+    file_server.serve(f"/corrupt/{NAME}", PAYLOAD[:-1] + b"x")
+    file_server.serve(f"/truncated/{NAME}", PAYLOAD, truncated=True)
+    file_server.serve(f"/good/{NAME}", PAYLOAD)
+    mirrors = [
+        closed_port_url,
+        file_server.url + "missing/",
+        file_server.url + "corrupt/",
+        file_server.url + "truncated/",
+        file_server.url + "good/",
+    ]
+    assert fetch_into(tmp_path, mirrors) == file_server.url + "good/"
+    assert leftovers(tmp_path) == [NAME]
+
+
+def test_all_mirrors_failing_names_each_reason_and_leaves_nothing(tmp_path, file_server, closed_port_url):
+    file_server.serve(f"/corrupt/{NAME}", PAYLOAD[:-1] + b"x")
+    file_server.serve(f"/truncated/{NAME}", PAYLOAD, truncated=True)
+    mirrors = [
+        closed_port_url,
+        file_server.url + "missing/",
+        file_server.url + "corrupt/",
+        file_server.url + "truncated/",
+    ]
+    with pytest.raises(PipelineError) as error:
+        fetch_into(tmp_path, mirrors)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not download {NAME}: ")
+    assert f"{closed_port_url}: unreachable" in message
+    assert f"{file_server.url}missing/: HTTP 404" in message
+    assert f"{file_server.url}corrupt/: checksum mismatch" in message
+    assert f"{file_server.url}truncated/: truncated" in message
+    assert leftovers(tmp_path) == []
+
+
+def test_transient_failures_are_retried(tmp_path, file_server):
+    file_server.serve(f"/{NAME}", PAYLOAD, truncated=True)
+    with pytest.raises(PipelineError):
+        fetch_into(tmp_path, [file_server.url], retries=2)
+    assert file_server.requests[f"/{NAME}"] == 3
+
+
+def test_not_found_is_not_retried(tmp_path, file_server):
+    with pytest.raises(PipelineError, match="HTTP 404"):
+        fetch_into(tmp_path, [file_server.url], retries=2)
+    assert file_server.requests[f"/{NAME}"] == 1
+
+
+def test_local_directory_and_file_url_mirrors(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / NAME).write_bytes(PAYLOAD)
+    for location in [str(mirror), mirror.as_uri()]:
+        raw_dir = tmp_path / location.replace("/", "_")
+        fetch_into(raw_dir, mirror_urls([location], None))
+        assert (raw_dir / NAME).read_bytes() == PAYLOAD
+
+
+def test_missing_file_in_local_mirror(tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        fetch_into(tmp_path / "raw", mirror_urls([str(tmp_path)], None))
+
+
+def test_environment_mirror_comes_first(tmp_path):
+    assert mirror_urls(["https://example.org/mnist"], str(tmp_path)) == [
+        tmp_path.as_uri() + "/",
+        "https://example.org/mnist/",
+    ]
+    assert mirror_urls(["https://example.org/mnist/"], None) == ["https://example.org/mnist/"]

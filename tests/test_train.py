@@ -1,0 +1,106 @@
+import json
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.files import write_npz
+from stages.runtime import cpu_flags, resolve_precision
+from stages.train import HISTORY_COLUMNS, build_model, renumber_shared_objects
+from tests.conftest import TINY_MODEL, run_stage_cli, write_params
+
+
+def test_default_model_is_the_seed_notebooks(default_params):
+    model = build_model(default_params.model)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Rescaling", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense", "Dropout", "Dense",
+    ]
+    assert model.count_params() == 1_674_570
+    assert model.output_shape == (None, 10)
+
+
+def test_conv_filters_list_stacks_conv_blocks(default_params):
+    deeper = default_params.model.model_copy(update={"conv_filters": [32, 64]})
+    model = build_model(deeper)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [32, 64]
+    flatten = next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten))
+    assert flatten.output.shape == (None, 7 * 7 * 64)
+
+
+@pytest.mark.parametrize(
+    ("requested", "flags", "gpu", "expected"),
+    [
+        ("auto", {"avx2", "avx512_bf16"}, False, "mixed_bfloat16"),
+        ("auto", {"amx_bf16"}, False, "mixed_bfloat16"),
+        ("auto", {"avx2"}, False, "float32"),
+        ("auto", set(), True, "mixed_bfloat16"),
+        ("float32", {"amx_bf16"}, True, "float32"),
+        ("mixed_bfloat16", set(), False, "mixed_bfloat16"),
+    ],
+)
+def test_precision_resolution(requested, flags, gpu, expected):
+    assert resolve_precision(requested, flags, gpu) == expected
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\nbugs\t: none\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "absent") == set()
+
+
+def test_shared_object_ids_are_renumbered_in_order():
+    config = {"a": {"shared_object_id": 9001}, "b": [{"shared_object_id": 42}, {"shared_object_id": 9001}]}
+    assert renumber_shared_objects(config) == {
+        "a": {"shared_object_id": 0},
+        "b": [{"shared_object_id": 1}, {"shared_object_id": 0}],
+    }
+
+
+def write_tiny_data(folder: Path, params: dict, count: int = 96) -> None:
+    rng = np.random.default_rng(7)
+    for key in ("train_data", "validation_data", "test_data"):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        # Images that carry their label, so a tiny model can learn something.
+        images = np.zeros((count, 28, 28), np.uint8)
+        images[np.arange(count), 2 * labels + 4, 4:24] = 255
+        path = folder / params["paths"][key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(path, {"images": images, "labels": labels})
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
+    params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 2, "train.precision": precision})
+    write_tiny_data(tmp_path, params)
+    outputs = [params["paths"][key] for key in ("model", "train_metrics", "train_history")]
+
+    runs = []
+    for _ in range(2):
+        result = run_stage_cli("train", tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs.append([(tmp_path / output).read_bytes() for output in outputs])
+    assert runs[0] == runs[1]
+
+    metrics = json.loads((tmp_path / params["paths"]["train_metrics"]).read_text())
+    assert metrics["precision"] == precision
+    assert metrics["epochs"] == 2
+    history = pd.read_csv(tmp_path / params["paths"]["train_history"])
+    assert list(history.columns) == HISTORY_COLUMNS and list(history["epoch"]) == [1, 2]
+    with zipfile.ZipFile(tmp_path / params["paths"]["model"]) as archive:
+        assert "date_saved" not in json.loads(archive.read("metadata.json"))
+    model = keras.models.load_model(tmp_path / params["paths"]["model"])
+    assert model.count_params() == metrics["trainable_params"]
+
+
+def test_train_stage_without_data_says_what_to_run(tmp_path):
+    write_params(tmp_path, TINY_MODEL)
+    result = run_stage_cli("train", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/prepared/train.npz: not found (run the preprocess stage first)"
+    )
