@@ -58,12 +58,27 @@ class ModelParams(Section):
     dropout: Fraction
 
 
+class AugmentParams(Section):
+    """Random affine distortion of training images; all zero turns augmentation off."""
+
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)]
+    zoom: Fraction
+    shift: Fraction
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation_degrees, self.zoom, self.shift))
+
+
 class TrainParams(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
     optimizer: Literal["adam", "sgd", "rmsprop"]
     learning_rate: PositiveFloat
+    lr_schedule: Literal["constant", "cosine"]
     precision: Literal["auto", "float32", "mixed_bfloat16"]
+    steps_per_execution: PositiveInt
+    augment: AugmentParams
 
 
 class EvaluateParams(Section):
@@ -84,12 +99,13 @@ class Params(Section):
 
 def describe_error(error: dict, source: Path) -> str:
     """One pydantic error as `params.yaml: train.epochs: <what is expected> (got <value>)`."""
-    key = ".".join(str(part) for part in error["loc"])
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{source}: {key}: unknown key"
     if error["type"] == "missing":
         return f"{source}: {key}: missing key"
-    return f"{source}: {key}: {error['msg'].lower()} (got {error['input']!r})"
+    expected = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{source}: {key}: {expected} (got {error['input']!r})"
 
 
 def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:

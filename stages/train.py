@@ -12,13 +12,14 @@ import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from stages import mnist
 from stages.errors import run_stage
 from stages.files import read_npz, write_text, write_json, write_zip
-from stages.params import ModelParams, TrainParams, load_params
+from stages.params import AugmentParams, ModelParams, TrainParams, load_params
 from stages.runtime import make_deterministic, use_precision
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -40,33 +41,80 @@ def build_model(params: ModelParams) -> keras.Sequential:
     return keras.Sequential(layers, name="mnist_cnn")
 
 
-def make_dataset(
-    images, labels, batch_size: int, shuffle_seed: int | None = None
-) -> tf.data.Dataset:
-    """uint8 images in memory -> batches of (N, 28, 28, 1); reshuffled each epoch if seeded."""
-    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def random_affine(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> tf.Tensor:
+    """Rotate, zoom and shift each image at random, in one bilinear resampling.
+
+    One combined transform costs about a third of Keras' RandomRotation, RandomZoom and
+    RandomTranslation layers in a row (measured: 1.0 s vs 2.5 s per epoch on 2 cores).
+    Stateless random draws from `seed`: the same seed gives the same images, bit for bit.
+    """
+    count = tf.shape(images)[0]
+    rotation_seed, zoom_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    angle = tf.random.stateless_uniform([count], rotation_seed, -1.0, 1.0) * math.radians(params.rotation_degrees)
+    scale = 1 + tf.random.stateless_uniform([count], zoom_seed, -1.0, 1.0) * params.zoom
+    shift = tf.random.stateless_uniform([count, 2], shift_seed, -1.0, 1.0) * params.shift * mnist.IMAGE_SIDE
+    # affine_transform maps each output pixel to the input point it samples:
+    # input = M (output - centre - shift) + centre, with M = rotation / scale.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre = (mnist.IMAGE_SIDE - 1) / 2
+    from_x, from_y = centre + shift[:, 0], centre + shift[:, 1]
+    zeros = tf.zeros_like(cos)
+    transform = tf.stack(
+        [cos, -sin, centre - cos * from_x + sin * from_y,
+         sin, cos, centre - sin * from_x - cos * from_y,
+         zeros, zeros],
+        axis=1,
+    )
+    return keras.ops.image.affine_transform(
+        tf.cast(images, "float32"), transform, interpolation="bilinear", fill_mode="constant"
+    )
 
 
-def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
+def training_dataset(images: np.ndarray, labels: np.ndarray, params: TrainParams, seed: int) -> tf.data.Dataset:
+    """uint8 images in memory -> shuffled (and augmented) batches, different every epoch,
+    the same in every run with the same seed."""
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images[..., None], labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(params.batch_size)
+    )
+    if params.augment.enabled:
+        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, batch_seeds).map(
+            lambda batch, batch_seed: (random_affine(batch[0], batch_seed, params.augment), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((images[..., None], labels)).batch(batch_size)
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    learning_rate = params.learning_rate
+    if params.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate, decay_steps=params.epochs * steps_per_epoch
+        )
     return keras.optimizers.get(
-        {"class_name": params.optimizer, "config": {"learning_rate": params.learning_rate}}
+        {"class_name": params.optimizer, "config": {"learning_rate": learning_rate}}
     )
 
 
 def train(model: keras.Model, train_data: dict, validation_data: dict, params: TrainParams,
           seed: int, verbose: int) -> pd.DataFrame:
     """Compile and fit `model`; return the per-epoch history."""
+    steps_per_epoch = math.ceil(len(train_data["labels"]) / params.batch_size)
     model.compile(
-        optimizer=make_optimizer(params),
+        optimizer=make_optimizer(params, steps_per_epoch),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=params.steps_per_execution,
     )
     history = model.fit(
-        make_dataset(train_data["images"], train_data["labels"], params.batch_size, seed),
-        validation_data=make_dataset(
+        training_dataset(train_data["images"], train_data["labels"], params, seed),
+        validation_data=evaluation_dataset(
             validation_data["images"], validation_data["labels"], params.batch_size
         ),
         epochs=params.epochs,

@@ -9,7 +9,7 @@ from stages.evaluate import classification_metrics, confusion_matrix
 from stages.files import write_npz
 from stages.params import parse_params
 from stages.train import build_model, save_model
-from tests.conftest import TINY_MODEL, run_stage_cli, write_params
+from tests.helpers import TINY_MODEL, run_stage_cli, write_params
 
 
 def one_hot_probabilities(predicted: list[int], confidence: float = 0.91) -> np.ndarray:
@@ -73,12 +73,3 @@ def test_evaluate_stage_writes_metrics_table_and_images(tmp_path):
     assert sorted(path.name for path in images_dir.iterdir()) == [
         "confusion_matrix.png", "misclassified.png", "samples.png",
     ]
-
-
-def test_evaluate_stage_without_model_says_what_to_run(tmp_path):
-    write_params(tmp_path, TINY_MODEL)
-    result = run_stage_cli("evaluate", tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: models/model.keras: not found (run the train stage first)"
-    )

@@ -1,16 +1,17 @@
 import copy
+import re
 
 import pytest
 import yaml
 
 from stages.errors import PipelineError
 from stages.params import PARAMS_FILE, parse_params
-from tests.conftest import PROJECT_ROOT, run_stage_cli
+from tests.helpers import PROJECT_ROOT, params_with
 
 
 @pytest.fixture
 def raw_params() -> dict:
-    return yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text())
+    return params_with({})
 
 
 def test_committed_params_are_valid(default_params):
@@ -45,22 +46,12 @@ def test_missing_key_is_named(raw_params):
         parse_params(raw_params)
 
 
-def test_stage_stops_before_work_with_one_line(tmp_path, raw_params):
-    raw_params["train"]["epochs"] = -3
-    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(raw_params))
-
-    result = run_stage_cli("download", tmp_path)
-
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: params.yaml: train.epochs: input should be greater than 0 (got -3)"
-    ]
-    assert not (tmp_path / "data").exists()
-
-
-def test_invalid_yaml_is_one_line(tmp_path):
-    (tmp_path / PARAMS_FILE).write_text("train: [epochs: 1\n")
-    result = run_stage_cli("preprocess", tmp_path)
-    assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: params.yaml: not valid YAML")
+def test_readme_command_for_the_notebook_setup():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("dvc exp run -S train.epochs=10"))
+    changes = dict(setting.split("=") for setting in re.findall(r"-S (\S+)", command))
+    params = parse_params(params_with({key: yaml.safe_load(value) for key, value in changes.items()}))
+    assert (params.train.epochs, params.train.batch_size, params.train.optimizer) == (10, 32, "adam")
+    assert params.train.learning_rate == 0.001 and params.train.lr_schedule == "constant"
+    assert params.train.precision == "float32"
+    assert not params.train.augment.enabled

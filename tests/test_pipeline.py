@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, write_params
+from tests.helpers import PROJECT_ROOT, write_params
 
 QUICK = {
     "preprocess.max_train_images": 2000,

@@ -6,7 +6,7 @@ import pytest
 from stages import mnist
 from stages.errors import PipelineError
 from stages.preprocess import load_pair, parse_images, parse_labels, split_validation, subset
-from tests.conftest import idx_images, idx_labels, write_gz
+from tests.helpers import idx_images, idx_labels, write_gz
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 
 from stages.files import write_npz
 from stages.runtime import cpu_flags, resolve_precision
-from stages.train import HISTORY_COLUMNS, build_model, renumber_shared_objects
-from tests.conftest import TINY_MODEL, run_stage_cli, write_params
+from stages.train import HISTORY_COLUMNS, build_model, random_affine, renumber_shared_objects
+from tests.helpers import TINY_MODEL, run_stage_cli, write_params
 
 
 def test_default_model_is_the_seed_notebooks(default_params):
@@ -97,10 +97,49 @@ def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
     assert model.count_params() == metrics["trainable_params"]
 
 
-def test_train_stage_without_data_says_what_to_run(tmp_path):
-    write_params(tmp_path, TINY_MODEL)
-    result = run_stage_cli("train", tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: data/prepared/train.npz: not found (run the preprocess stage first)"
-    )
+def centroid(image: np.ndarray) -> np.ndarray:
+    rows, columns = np.indices(image.shape[:2])
+    mass = image[..., 0].sum()
+    return np.array([(rows * image[..., 0]).sum() / mass, (columns * image[..., 0]).sum() / mass])
+
+
+@pytest.fixture
+def centred_square() -> np.ndarray:
+    image = np.zeros((1, 28, 28, 1), np.uint8)
+    image[0, 11:17, 11:17] = 255
+    return image
+
+
+def augment(images: np.ndarray, seed: int, **settings: float) -> np.ndarray:
+    import tensorflow as tf
+
+    from stages.params import AugmentParams
+
+    params = AugmentParams(**{"rotation_degrees": 0, "zoom": 0, "shift": 0, **settings})
+    return random_affine(tf.constant(images), tf.constant([seed, 0], tf.int64), params).numpy()
+
+
+def test_augmentation_off_leaves_images_unchanged(centred_square):
+    assert np.array_equal(augment(centred_square, 1), centred_square.astype(np.float32))
+
+
+def test_rotation_and_zoom_turn_about_the_centre(centred_square):
+    for seed in range(5):
+        moved = augment(centred_square, seed, rotation_degrees=30, zoom=0.2)
+        assert not np.array_equal(moved, centred_square)
+        assert centroid(moved[0]) == pytest.approx([13.5, 13.5], abs=0.05)
+
+
+def test_shift_stays_within_its_bound(centred_square):
+    offsets = [centroid(augment(centred_square, seed, shift=0.1)[0]) - 13.5 for seed in range(20)]
+    assert all(np.abs(offset).max() <= 0.1 * 28 + 0.05 for offset in offsets)
+    assert max(np.abs(offset).max() for offset in offsets) > 1  # it does move
+
+
+def test_augmentation_is_seeded(centred_square):
+    images = np.repeat(centred_square, 4, axis=0)
+    settings = {"rotation_degrees": 10, "zoom": 0.1, "shift": 0.1}
+    first, again = augment(images, 3, **settings), augment(images, 3, **settings)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, augment(images, 4, **settings))
+    assert not np.array_equal(first[0], first[1])  # each image of a batch gets its own draw

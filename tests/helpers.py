@@ -1,0 +1,96 @@
+"""Helpers shared by the tests: the project's params, stage runs, IDX bytes, an HTTP server."""
+
+import gzip
+import os
+import subprocess
+import sys
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from stages.params import PARAMS_FILE
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# A model small enough to train in a second: for tests of the stages' mechanics.
+TINY_MODEL = {"model.conv_filters": [4], "model.dense_units": [16], "train.epochs": 1, "train.batch_size": 16}
+
+
+def params_with(changes: dict[str, object]) -> dict:
+    """The project's params.yaml with dotted keys changed, as `dvc exp run -S` would."""
+    params = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        section = params
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
+    return params
+
+
+def write_params(folder: Path, changes: dict[str, object]) -> dict:
+    params = params_with(changes)
+    (folder / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def run_stage_cli(stage: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable."""
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    count, rows, columns = images.shape
+    return np.array([2051, count, rows, columns], ">i4").tobytes() + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return np.array([2049, len(labels)], ">i4").tobytes() + labels.astype(np.uint8).tobytes()
+
+
+def write_gz(path: Path, data: bytes) -> Path:
+    path.write_bytes(gzip.compress(data))
+    return path
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving in-memory files, some deliberately broken."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncated: set[str] = set()  # announce the full length, send half, hang up
+        self.requests: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests[self.path] += 1
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.truncated:
+                    body = body[: len(body) // 2]
+                    self.close_connection = True
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    def serve(self, path: str, body: bytes, truncated: bool = False) -> None:
+        self.files[path] = body
+        if truncated:
+            self.truncated.add(path)
