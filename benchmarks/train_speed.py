@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 SETUPS = {
     "reference": "seed notebook: plain Keras, Adam 0.001, batch 32, float32, arrays, no augmentation",
     "project": "train stage, params.yaml as committed",
@@ -32,24 +31,31 @@ def train_reference(train_data: dict, seed: int) -> tuple[object, int]:
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input(shape=(28, 28, 1)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dropout(0.2),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(0.001), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.001),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     images = train_data["images"][..., None].astype("float32") / 255
     model.fit(images, train_data["labels"], batch_size=32, epochs=10, verbose=0)
     return model, 10
 
 
-def train_project(train_data: dict, validation_data: dict, seed: int, augment: bool) -> tuple[object, int]:
+def train_project(
+    train_data: dict, validation_data: dict, seed: int, augment: bool
+) -> tuple[object, int]:
     """Exactly what `python -m stages.train` does, minus writing files."""
     from stages.params import load_params
     from stages.runtime import make_deterministic, use_precision
@@ -99,8 +105,17 @@ def measure(setup: str, seed: int) -> dict:
     """Run one setup in a fresh process; add its peak resident memory."""
     with tempfile.TemporaryDirectory() as scratch:
         result_path = Path(scratch) / "result.json"
-        command = [sys.executable, "-m", "benchmarks.train_speed", "--child", setup,
-                   "--child-seed", str(seed), "--child-result", str(result_path)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.train_speed",
+            "--child",
+            setup,
+            "--child-seed",
+            str(seed),
+            "--child-result",
+            str(result_path),
+        ]
         child = subprocess.Popen(command)
         _, status, usage = os.wait4(child.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -167,19 +182,30 @@ def main() -> None:
         for name in setups:
             result = measure(name, seed)
             runs[name].append(result)
-            print(f"{name} seed {seed}: {result['train_seconds']:.0f} s, "
-                  f"{result['seconds_per_epoch']:.1f} s/epoch, "
-                  f"test accuracy {100 * result['test_accuracy']:.2f} %", flush=True)
+            print(
+                f"{name} seed {seed}: {result['train_seconds']:.0f} s, "
+                f"{result['seconds_per_epoch']:.1f} s/epoch, "
+                f"test accuracy {100 * result['test_accuracy']:.2f} %",
+                flush=True,
+            )
     summary = {
-        "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                    "python": platform.python_version(), "tensorflow": tf.__version__},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+        },
         "seeds": args.seeds,
-        "setups": {name: {"description": SETUPS[name], **summarize(results)}
-                   for name, results in runs.items()},
+        "setups": {
+            name: {"description": SETUPS[name], **summarize(results)}
+            for name, results in runs.items()
+        },
     }
     print()
-    print(f"{summary['machine']['cpu']}, {summary['machine']['cores']} cores, "
-          f"TensorFlow {summary['machine']['tensorflow']}, {args.seeds} seed(s)")
+    print(
+        f"{summary['machine']['cpu']}, {summary['machine']['cores']} cores, "
+        f"TensorFlow {summary['machine']['tensorflow']}, {args.seeds} seed(s)"
+    )
     print(table(summary))
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")

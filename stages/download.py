@@ -88,7 +88,9 @@ def fetch(url: str, destination: Path, expected_sha256: str, timeout: float) -> 
     except urllib.error.HTTPError as exc:
         raise FetchError(f"HTTP {exc.code}", exc.code >= 500) from None
     except http.client.IncompleteRead as exc:
-        raise FetchError(f"truncated ({len(exc.partial)} bytes, then the connection closed)", True) from None
+        raise FetchError(
+            f"truncated ({len(exc.partial)} bytes, then the connection closed)", True
+        ) from None
     except urllib.error.URLError as exc:
         missing = isinstance(exc.reason, FileNotFoundError)
         reason = "not found" if missing else f"unreachable ({exc.reason})"

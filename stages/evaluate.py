@@ -1,4 +1,4 @@
-"""Stage 4: score the trained model on the test set; write metrics, the confusion data and images."""
+"""Stage 4: score the model on the test set; write metrics, the confusion data and images."""
 
 import io
 import sys
@@ -63,7 +63,9 @@ def plot_confusion_matrix(counts: np.ndarray) -> Figure:
         color = "white" if value > threshold else "black"
         axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
     ticks = range(len(counts))
-    axes.set(xticks=ticks, yticks=ticks, xlabel="Predicted", ylabel="Actual", title="Confusion matrix")
+    axes.set(
+        xticks=ticks, yticks=ticks, xlabel="Predicted", ylabel="Actual", title="Confusion matrix"
+    )
     figure.tight_layout()
     return figure
 
@@ -81,8 +83,11 @@ def plot_image_grid(
         if index < len(images):
             axes.imshow(images[index], cmap="gray_r")
             right = actual[index] == predicted[index]
-            axes.set_title(f"{predicted[index]} (true {actual[index]})",
-                           color="black" if right else "red", fontsize=10)
+            axes.set_title(
+                f"{predicted[index]} (true {actual[index]})",
+                color="black" if right else "red",
+                fontsize=10,
+            )
     figure.tight_layout()
     return figure
 
@@ -122,7 +127,9 @@ def main() -> None:
             images[shown], actual[shown], predicted[shown], "Test images: predicted (true)"
         ),
         "misclassified.png": plot_image_grid(
-            images[wrong], actual[wrong], predicted[wrong],
+            images[wrong],
+            actual[wrong],
+            predicted[wrong],
             f"Misclassified: first {len(wrong)} of {int((predicted != actual).sum())}",
         ),
     }

@@ -1,4 +1,4 @@
-"""Atomic, byte-reproducible output files.
+"""Reading the prepared data; writing every output atomically and byte-reproducibly.
 
 Every output is written to a temporary file beside its target and renamed into place, so an
 interrupted stage never leaves a partial file. Zip-based formats (.npz, .keras) get fixed

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from stages import mnist
 from stages.errors import run_stage
-from stages.files import read_npz, write_text, write_json, write_zip
+from stages.files import read_npz, write_json, write_text, write_zip
 from stages.params import AugmentParams, ModelParams, TrainParams, load_params
 from stages.runtime import make_deterministic, use_precision
 
@@ -30,7 +30,9 @@ def build_model(params: ModelParams) -> keras.Sequential:
     side = mnist.IMAGE_SIDE
     layers = [keras.Input(shape=(side, side, 1)), keras.layers.Rescaling(1 / 255)]
     for filters in params.conv_filters:
-        layers.append(keras.layers.Conv2D(filters, params.conv_kernel, padding="same", activation="relu"))
+        layers.append(
+            keras.layers.Conv2D(filters, params.conv_kernel, padding="same", activation="relu")
+        )
         layers.append(keras.layers.MaxPooling2D(params.pool_size))
     layers.append(keras.layers.Flatten())
     for units in params.dense_units:
@@ -49,10 +51,18 @@ def random_affine(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> 
     Stateless random draws from `seed`: the same seed gives the same images, bit for bit.
     """
     count = tf.shape(images)[0]
-    rotation_seed, zoom_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    angle = tf.random.stateless_uniform([count], rotation_seed, -1.0, 1.0) * math.radians(params.rotation_degrees)
+    rotation_seed, zoom_seed, shift_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3)
+    )
+    angle = tf.random.stateless_uniform([count], rotation_seed, -1.0, 1.0) * math.radians(
+        params.rotation_degrees
+    )
     scale = 1 + tf.random.stateless_uniform([count], zoom_seed, -1.0, 1.0) * params.zoom
-    shift = tf.random.stateless_uniform([count, 2], shift_seed, -1.0, 1.0) * params.shift * mnist.IMAGE_SIDE
+    shift = (
+        tf.random.stateless_uniform([count, 2], shift_seed, -1.0, 1.0)
+        * params.shift
+        * mnist.IMAGE_SIDE
+    )
     # affine_transform maps each output pixel to the input point it samples:
     # input = M (output - centre - shift) + centre, with M = rotation / scale.
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
@@ -60,9 +70,16 @@ def random_affine(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> 
     from_x, from_y = centre + shift[:, 0], centre + shift[:, 1]
     zeros = tf.zeros_like(cos)
     transform = tf.stack(
-        [cos, -sin, centre - cos * from_x + sin * from_y,
-         sin, cos, centre - sin * from_x - cos * from_y,
-         zeros, zeros],
+        [
+            cos,
+            -sin,
+            centre - cos * from_x + sin * from_y,
+            sin,
+            cos,
+            centre - sin * from_x - cos * from_y,
+            zeros,
+            zeros,
+        ],
         axis=1,
     )
     return keras.ops.image.affine_transform(
@@ -70,7 +87,9 @@ def random_affine(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> 
     )
 
 
-def training_dataset(images: np.ndarray, labels: np.ndarray, params: TrainParams, seed: int) -> tf.data.Dataset:
+def training_dataset(
+    images: np.ndarray, labels: np.ndarray, params: TrainParams, seed: int
+) -> tf.data.Dataset:
     """uint8 images in memory -> shuffled (and augmented) batches, different every epoch,
     the same in every run with the same seed."""
     dataset = (
@@ -81,7 +100,10 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, params: TrainParams
     if params.augment.enabled:
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, batch_seeds).map(
-            lambda batch, batch_seed: (random_affine(batch[0], batch_seed, params.augment), batch[1]),
+            lambda batch, batch_seed: (
+                random_affine(batch[0], batch_seed, params.augment),
+                batch[1],
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -102,8 +124,14 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
     )
 
 
-def train(model: keras.Model, train_data: dict, validation_data: dict, params: TrainParams,
-          seed: int, verbose: int) -> pd.DataFrame:
+def train(
+    model: keras.Model,
+    train_data: dict,
+    validation_data: dict,
+    params: TrainParams,
+    seed: int,
+    verbose: int,
+) -> pd.DataFrame:
     """Compile and fit `model`; return the per-epoch history."""
     steps_per_epoch = math.ceil(len(train_data["labels"]) / params.batch_size)
     model.compile(
@@ -135,7 +163,9 @@ def renumber_shared_objects(config: object, numbers: dict[int, int] | None = Non
         return config
     renumbered = {key: renumber_shared_objects(value, numbers) for key, value in config.items()}
     if "shared_object_id" in config:
-        renumbered["shared_object_id"] = numbers.setdefault(config["shared_object_id"], len(numbers))
+        renumbered["shared_object_id"] = numbers.setdefault(
+            config["shared_object_id"], len(numbers)
+        )
     return renumbered
 
 
@@ -162,7 +192,10 @@ def summarize(history: pd.DataFrame, model: keras.Model, precision: str) -> dict
         "epochs": int(last["epoch"]),
         "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
         "precision": precision,
-        "train": {"loss": round(float(last["loss"]), 6), "accuracy": round(float(last["accuracy"]), 6)},
+        "train": {
+            "loss": round(float(last["loss"]), 6),
+            "accuracy": round(float(last["accuracy"]), 6),
+        },
         "validation": {
             "loss": round(float(last["val_loss"]), 6),
             "accuracy": round(float(last["val_accuracy"]), 6),

@@ -41,5 +41,7 @@ def mnist_dir() -> Path:
     raw_dir = PROJECT_ROOT / params_with({})["paths"]["raw_dir"]
     folder = Path(os.environ.get("MNIST_MIRROR", raw_dir))
     if not all((folder / name).exists() for name in mnist.SHA256):
-        pytest.fail(f"the MNIST files are not in {folder}: set MNIST_MIRROR to a folder holding them")
+        pytest.fail(
+            f"the MNIST files are not in {folder}: set MNIST_MIRROR to a folder holding them"
+        )
     return folder.resolve()

@@ -16,7 +16,12 @@ from stages.params import PARAMS_FILE
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # A model small enough to train in a second: for tests of the stages' mechanics.
-TINY_MODEL = {"model.conv_filters": [4], "model.dense_units": [16], "train.epochs": 1, "train.batch_size": 16}
+TINY_MODEL = {
+    "model.conv_filters": [4],
+    "model.dense_units": [16],
+    "train.epochs": 1,
+    "train.batch_size": 16,
+}
 
 
 def params_with(changes: dict[str, object]) -> dict:
@@ -41,14 +46,19 @@ def run_stage_cli(stage: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable."""
     return subprocess.run(
         [sys.executable, "-m", f"stages.{stage}"],
-        cwd=cwd, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def idx_images(images: np.ndarray) -> bytes:
     count, rows, columns = images.shape
-    return np.array([2051, count, rows, columns], ">i4").tobytes() + images.astype(np.uint8).tobytes()
+    return (
+        np.array([2051, count, rows, columns], ">i4").tobytes() + images.astype(np.uint8).tobytes()
+    )
 
 
 def idx_labels(labels: np.ndarray) -> bytes:

@@ -54,7 +54,9 @@ def test_falls_back_past_bad_mirrors(tmp_path, file_server, closed_port_url):
     assert leftovers(tmp_path) == [NAME]
 
 
-def test_all_mirrors_failing_names_each_reason_and_leaves_nothing(tmp_path, file_server, closed_port_url):
+def test_all_mirrors_failing_names_each_reason_and_leaves_nothing(
+    tmp_path, file_server, closed_port_url
+):
     file_server.serve(f"/corrupt/{NAME}", PAYLOAD[:-1] + b"x")
     file_server.serve(f"/truncated/{NAME}", PAYLOAD, truncated=True)
     mirrors = [

@@ -18,7 +18,10 @@ def error_line(result) -> str:
 def test_bad_param_stops_the_stage_before_any_work(tmp_path):
     (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({"train.epochs": -3})))
     result = run_stage_cli("download", tmp_path)
-    assert error_line(result) == "error: params.yaml: train.epochs: input should be greater than 0 (got -3)"
+    assert (
+        error_line(result)
+        == "error: params.yaml: train.epochs: input should be greater than 0 (got -3)"
+    )
     assert len(result.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
 
@@ -39,7 +42,10 @@ def test_missing_params_file(tmp_path):
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
-        ("preprocess", "data/raw/train-images-idx3-ubyte.gz: not found (run the download stage first)"),
+        (
+            "preprocess",
+            "data/raw/train-images-idx3-ubyte.gz: not found (run the download stage first)",
+        ),
         ("train", "data/prepared/train.npz: not found (run the preprocess stage first)"),
         ("evaluate", "models/model.keras: not found (run the train stage first)"),
     ],

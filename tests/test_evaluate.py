@@ -42,11 +42,15 @@ def test_loss_matches_keras_cross_entropy():
     probabilities = rng.dirichlet(np.ones(10), size=64).astype(np.float32)
     actual = rng.integers(0, 10, 64)
     expected = keras.losses.SparseCategoricalCrossentropy()(actual, probabilities)
-    assert classification_metrics(actual, probabilities)["loss"] == pytest.approx(float(expected), abs=1e-5)
+    assert classification_metrics(actual, probabilities)["loss"] == pytest.approx(
+        float(expected), abs=1e-5
+    )
 
 
 def test_evaluate_stage_writes_metrics_table_and_images(tmp_path):
-    raw = write_params(tmp_path, {**TINY_MODEL, "evaluate.sample_images": 6, "evaluate.misclassified_images": 4})
+    raw = write_params(
+        tmp_path, {**TINY_MODEL, "evaluate.sample_images": 6, "evaluate.misclassified_images": 4}
+    )
     params = parse_params(raw)
     model = build_model(params.model)
     model.compile(loss="sparse_categorical_crossentropy")
@@ -71,5 +75,7 @@ def test_evaluate_stage_writes_metrics_table_and_images(tmp_path):
     for name in ("confusion_matrix.png", "samples.png", "misclassified.png"):
         assert (images_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert sorted(path.name for path in images_dir.iterdir()) == [
-        "confusion_matrix.png", "misclassified.png", "samples.png",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "samples.png",
     ]

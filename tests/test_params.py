@@ -25,11 +25,21 @@ def test_committed_params_are_valid(default_params):
         ("train", "epochs", -1, "train.epochs: input should be greater than 0 (got -1)"),
         ("train", "epochs", "ten", "train.epochs: input should be a valid integer (got 'ten')"),
         ("train", "epochs", 2.5, "train.epochs: input should be a valid integer (got 2.5)"),
-        ("train", "optimizer", "adamw", "train.optimizer: input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')"),
+        (
+            "train",
+            "optimizer",
+            "adamw",
+            "train.optimizer: input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')",
+        ),
         ("train", "learnig_rate", 0.1, "train.learnig_rate: unknown key"),
         ("model", "dropout", 1.0, "model.dropout: input should be less than 1 (got 1.0)"),
         ("model", "conv_filters", [], "model.conv_filters: list should have at least 1 item"),
-        ("preprocess", "max_train_images", 0, "preprocess.max_train_images: input should be greater than 0 (got 0)"),
+        (
+            "preprocess",
+            "max_train_images",
+            0,
+            "preprocess.max_train_images: input should be greater than 0 (got 0)",
+        ),
     ],
 )
 def test_bad_value_names_the_key_and_what_is_expected(raw_params, section, key, value, expected):
@@ -48,10 +58,18 @@ def test_missing_key_is_named(raw_params):
 
 def test_readme_command_for_the_notebook_setup():
     readme = (PROJECT_ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("dvc exp run -S train.epochs=10"))
+    command = next(
+        line for line in readme.splitlines() if line.startswith("dvc exp run -S train.epochs=10")
+    )
     changes = dict(setting.split("=") for setting in re.findall(r"-S (\S+)", command))
-    params = parse_params(params_with({key: yaml.safe_load(value) for key, value in changes.items()}))
-    assert (params.train.epochs, params.train.batch_size, params.train.optimizer) == (10, 32, "adam")
+    params = parse_params(
+        params_with({key: yaml.safe_load(value) for key, value in changes.items()})
+    )
+    assert (params.train.epochs, params.train.batch_size, params.train.optimizer) == (
+        10,
+        32,
+        "adam",
+    )
     assert params.train.learning_rate == 0.001 and params.train.lr_schedule == "constant"
     assert params.train.precision == "float32"
     assert not params.train.augment.enabled

@@ -31,13 +31,16 @@ class Repo:
             "MNIST_MIRROR": str(mnist_dir),
             # The stages run as `python -m ...`: make that this interpreter.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@localhost",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@localhost",
         }
 
     def run(self, *command: str) -> str:
-        result = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True,
-                                text=True, timeout=900)
+        result = subprocess.run(
+            command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+        )
         assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
@@ -55,15 +58,21 @@ class Repo:
     def results(self) -> dict[str, bytes]:
         """dvc.lock and every file under metrics/ and plots/, by path."""
         files = [self.root / "dvc.lock"]
-        files += [p for folder in ("metrics", "plots") for p in (self.root / folder).rglob("*") if p.is_file()]
+        files += [
+            p
+            for folder in ("metrics", "plots")
+            for p in (self.root / folder).rglob("*")
+            if p.is_file()
+        ]
         return {str(path.relative_to(self.root)): path.read_bytes() for path in files}
 
 
 @pytest.fixture
 def repo(tmp_path, mnist_dir) -> Repo:
     """The project's committed code and config, without its published results."""
-    listed = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in listed:
         if name == "dvc.lock" or name.split("/")[0] in {"metrics", "plots", "tests"}:
             continue
@@ -99,8 +108,14 @@ def test_pipeline_end_to_end(repo):
 
     repo.dvc("plots", "show", "-o", "shown")
     page = (repo.root / "shown/index.html").read_text()
-    for plot in ("Loss", "Accuracy", "Confusion matrix", "confusion_matrix.png", "samples.png",
-                 "misclassified.png"):
+    for plot in (
+        "Loss",
+        "Accuracy",
+        "Confusion matrix",
+        "confusion_matrix.png",
+        "samples.png",
+        "misclassified.png",
+    ):
         assert plot in page
     repo.dvc("plots", "diff", "HEAD", "-o", "compared")
     assert "Confusion matrix" in (repo.root / "compared/index.html").read_text()

@@ -5,7 +5,13 @@ import pytest
 
 from stages import mnist
 from stages.errors import PipelineError
-from stages.preprocess import load_pair, parse_images, parse_labels, split_validation, subset
+from stages.preprocess import (
+    load_pair,
+    parse_images,
+    parse_labels,
+    split_validation,
+    subset,
+)
 from tests.helpers import idx_images, idx_labels, write_gz
 
 
@@ -28,7 +34,10 @@ def test_parses_images_and_labels(images, labels):
     ("mangle", "problem"),
     [
         (lambda data: data[:10], "too short for an IDX header"),
-        (lambda data: np.array([2049], ">i4").tobytes() + data[4:], "magic number 2049, expected 2051"),
+        (
+            lambda data: np.array([2049], ">i4").tobytes() + data[4:],
+            "magic number 2049, expected 2051",
+        ),
         (lambda data: data[:-1], f"{16 + 7 * 784 - 1} bytes, expected {16 + 7 * 784}"),
         (lambda data: data + b"\0", f"{16 + 7 * 784 + 1} bytes, expected {16 + 7 * 784}"),
     ],

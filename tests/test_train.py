@@ -9,14 +9,26 @@ import pytest
 
 from stages.files import write_npz
 from stages.runtime import cpu_flags, resolve_precision
-from stages.train import HISTORY_COLUMNS, build_model, random_affine, renumber_shared_objects
+from stages.train import (
+    HISTORY_COLUMNS,
+    build_model,
+    random_affine,
+    renumber_shared_objects,
+)
 from tests.helpers import TINY_MODEL, run_stage_cli, write_params
 
 
 def test_default_model_is_the_seed_notebooks(default_params):
     model = build_model(default_params.model)
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Rescaling", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense", "Dropout", "Dense",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+        "Dropout",
+        "Dense",
     ]
     assert model.count_params() == 1_674_570
     assert model.output_shape == (None, 10)
@@ -54,7 +66,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_shared_object_ids_are_renumbered_in_order():
-    config = {"a": {"shared_object_id": 9001}, "b": [{"shared_object_id": 42}, {"shared_object_id": 9001}]}
+    config = {
+        "a": {"shared_object_id": 9001},
+        "b": [{"shared_object_id": 42}, {"shared_object_id": 9001}],
+    }
     assert renumber_shared_objects(config) == {
         "a": {"shared_object_id": 0},
         "b": [{"shared_object_id": 1}, {"shared_object_id": 0}],
