@@ -2,6 +2,7 @@
 
 import io
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -102,7 +103,10 @@ def png_bytes(figure: Figure) -> bytes:
 def load_model(path: Path) -> keras.Model:
     if not path.exists():
         raise PipelineError(f"{path}: not found (run the train stage first)")
-    return keras.models.load_model(path)
+    try:
+        return keras.models.load_model(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{path}: not a loadable Keras model ({exc})") from None
 
 
 def main() -> None:

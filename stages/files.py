@@ -76,3 +76,5 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run the preprocess stage first)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None

@@ -54,3 +54,17 @@ def test_missing_input_says_which_stage_to_run(tmp_path, stage, message):
     write_params(tmp_path, TINY_MODEL)
     assert error_line(run_stage_cli(stage, tmp_path)) == f"error: {message}"
     assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
+
+
+@pytest.mark.parametrize(
+    ("stage", "path", "message"),
+    [
+        ("train", "data/prepared/train.npz", "not a readable .npz file"),
+        ("evaluate", "models/model.keras", "not a loadable Keras model"),
+    ],
+)
+def test_corrupt_input_is_named(tmp_path, stage, path, message):
+    write_params(tmp_path, TINY_MODEL)
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_bytes(b"PK\x03\x04 this is not a zip archive")
+    assert error_line(run_stage_cli(stage, tmp_path)).startswith(f"error: {path}: {message} (")
