@@ -56,20 +56,17 @@ def train_reference(train_data: dict, seed: int) -> tuple[object, int]:
 def train_project(
     train_data: dict, validation_data: dict, seed: int, augment: bool
 ) -> tuple[object, int]:
-    """Exactly what `python -m stages.train` does, minus writing files."""
-    from stages.params import load_params
-    from stages.runtime import make_deterministic, use_precision
-    from stages.train import build_model, train
+    """What `python -m stages.train` does, minus writing files."""
+    from stages.params import AugmentParams, load_params
+    from stages.train import fit_model
 
     params = load_params()
     settings = params.train
     if not augment:
-        off = settings.augment.model_copy(update={"rotation_degrees": 0, "zoom": 0, "shift": 0})
+        off = AugmentParams(**dict.fromkeys(AugmentParams.model_fields, 0))
         settings = settings.model_copy(update={"augment": off})
-    make_deterministic(seed)
-    use_precision(settings.precision)
-    model = build_model(params.model)
-    train(model, train_data, validation_data, settings, seed, verbose=0)
+    params = params.model_copy(update={"seed": seed, "train": settings})
+    model, _, _ = fit_model(params, train_data, validation_data, verbose=0)
     return model, settings.epochs
 
 
@@ -125,16 +122,6 @@ def measure(setup: str, seed: int) -> dict:
     return result
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def summarize(runs: list[dict]) -> dict:
     mean = {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
     accuracies = [run["test_accuracy"] for run in runs]
@@ -176,6 +163,8 @@ def main() -> None:
 
     import tensorflow as tf
 
+    from stages.runtime import available_cores, cpuinfo_field
+
     setups = ["reference"] + [name for name in args.setups if name != "reference"]
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     for seed in range(args.seeds):
@@ -190,8 +179,8 @@ def main() -> None:
             )
     summary = {
         "machine": {
-            "cpu": cpu_model(),
-            "cores": len(os.sched_getaffinity(0)),
+            "cpu": cpuinfo_field("model name") or platform.processor() or "unknown",
+            "cores": available_cores(),
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
         },

@@ -121,7 +121,8 @@ def main() -> None:
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(actual, probabilities)
 
-    wrong = np.flatnonzero(predicted != actual)[: settings.misclassified_images]
+    all_wrong = np.flatnonzero(predicted != actual)
+    wrong = all_wrong[: settings.misclassified_images]
     shown = slice(0, settings.sample_images)
     figures = {
         "confusion_matrix.png": plot_confusion_matrix(
@@ -134,7 +135,7 @@ def main() -> None:
             images[wrong],
             actual[wrong],
             predicted[wrong],
-            f"Misclassified: first {len(wrong)} of {int((predicted != actual).sum())}",
+            f"Misclassified: first {len(wrong)} of {len(all_wrong)}",
         ),
     }
     images_dir = Path(paths.evaluate_images)

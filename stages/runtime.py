@@ -25,15 +25,22 @@ def make_deterministic(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo; None where there is none."""
     try:
         text = cpuinfo.read_text()
-    except OSError:  # not Linux: no cheap way to ask, assume no bfloat16 support
-        return set()
+    except OSError:  # not Linux
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    # Unknown (not Linux): no cheap way to ask, so assume no bfloat16 support.
+    return set((cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def resolve_precision(requested: str, flags: set[str], has_gpu: bool) -> str:

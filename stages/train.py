@@ -19,7 +19,7 @@ import tensorflow as tf
 from stages import mnist
 from stages.errors import run_stage
 from stages.files import read_npz, write_json, write_text, write_zip
-from stages.params import AugmentParams, ModelParams, TrainParams, load_params
+from stages.params import AugmentParams, ModelParams, Params, TrainParams, load_params
 from stages.runtime import make_deterministic, use_precision
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -203,19 +203,31 @@ def summarize(history: pd.DataFrame, model: keras.Model, precision: str) -> dict
     }
 
 
+def fit_model(
+    params: Params, train_data: dict, validation_data: dict, verbose: int
+) -> tuple[keras.Model, pd.DataFrame, str]:
+    """The stage without its files: build the model from `params`, train it from `params.seed`.
+
+    Returns the model, its per-epoch history and the precision used.
+    """
+    make_deterministic(params.seed)
+    precision = use_precision(params.train.precision)
+    model = build_model(params.model)
+    if verbose:
+        model.summary()
+        print(f"precision: {precision}")
+    history = train(model, train_data, validation_data, params.train, params.seed, verbose)
+    return model, history, precision
+
+
 def main() -> None:
     params = load_params()
     paths = params.paths
-    make_deterministic(params.seed)
-    precision = use_precision(params.train.precision)
     train_data = read_npz(Path(paths.train_data))
     validation_data = read_npz(Path(paths.validation_data))
 
-    model = build_model(params.model)
-    model.summary()
-    print(f"precision: {precision}")
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where someone watches
-    history = train(model, train_data, validation_data, params.train, params.seed, verbose)
+    model, history, precision = fit_model(params, train_data, validation_data, verbose)
 
     save_model(model, Path(paths.model))
     write_text(Path(paths.train_history), history.round(6).to_csv(index=False))
