@@ -31,7 +31,8 @@ class PathsParams(Section):
     test_data: str
     model: str
     train_metrics: str
-    train_history: str
+    train_loss: str
+    train_accuracy: str
     evaluate_metrics: str
     predictions: str
     evaluate_images: str

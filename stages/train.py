@@ -23,6 +23,7 @@ from stages.params import AugmentParams, ModelParams, Params, TrainParams, load_
 from stages.runtime import make_deterministic, use_precision
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+CURVE_COLUMNS = ["epoch", "train", "validation"]
 
 
 def build_model(params: ModelParams) -> keras.Sequential:
@@ -186,6 +187,17 @@ def save_model(model: keras.Model, path: Path) -> None:
     write_zip(path, entries, compression)
 
 
+def learning_curve(history: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric per epoch on the training and validation sets: one plot's data.
+
+    One file per plot, because DVC gives a stage's plot file one definition: the plot is
+    declared with the stage (so the stage is saved in DVC's run-cache) and drawn by the
+    train_validation template in .dvc/plots/.
+    """
+    curve = history[["epoch", metric, f"val_{metric}"]].set_axis(CURVE_COLUMNS, axis=1)
+    return curve.round(6)
+
+
 def summarize(history: pd.DataFrame, model: keras.Model, precision: str) -> dict:
     last = history.iloc[-1]
     return {
@@ -230,7 +242,8 @@ def main() -> None:
     model, history, precision = fit_model(params, train_data, validation_data, verbose)
 
     save_model(model, Path(paths.model))
-    write_text(Path(paths.train_history), history.round(6).to_csv(index=False))
+    for metric, path in (("loss", paths.train_loss), ("accuracy", paths.train_accuracy)):
+        write_text(Path(path), learning_curve(history, metric).to_csv(index=False))
     write_json(Path(paths.train_metrics), summarize(history, model, precision))
 
 

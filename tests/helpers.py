@@ -1,7 +1,10 @@
-"""Helpers shared by the tests: the project's params, stage runs, IDX bytes, an HTTP server."""
+"""Helpers shared by the tests: the project's params, stage runs, IDX bytes, an HTTP server,
+git repositories that run the project with real `dvc` commands."""
 
 import gzip
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -40,6 +43,87 @@ def write_params(folder: Path, changes: dict[str, object]) -> dict:
     params = params_with(changes)
     (folder / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
     return params
+
+
+# A pipeline run that takes seconds: a subset of the real MNIST files, one small epoch.
+QUICK = {
+    "preprocess.max_train_images": 2000,
+    "preprocess.validation_images": 500,
+    "preprocess.max_test_images": 1000,
+    "train.epochs": 1,
+    "train.batch_size": 64,
+}
+STAGES = ["download", "preprocess", "train", "evaluate"]
+
+
+class Repo:
+    """A git repository with the project in it, driven through real git and dvc commands."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.env = {
+            **os.environ,
+            # The stages run as `python -m ...`: make that this interpreter.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@localhost",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@localhost",
+            **(env or {}),
+        }
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+        )
+        if check:
+            assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def dvc(self, *arguments: str) -> str:
+        return self.run(sys.executable, "-m", "dvc", *arguments).stdout
+
+    def dvc_fails(self, *arguments: str) -> subprocess.CompletedProcess:
+        result = self.run(sys.executable, "-m", "dvc", *arguments, check=False)
+        assert result.returncode != 0, f"dvc {arguments} should fail:\n{result.stdout}"
+        return result
+
+    def repro(self, *arguments: str) -> list[str]:
+        """Run `dvc repro`; return the stages it ran (not those restored from the run-cache)."""
+        return re.findall(r"Running stage '(\w+)'", self.dvc("repro", *arguments))
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", message)
+
+    def set_params(self, changes: dict[str, object]) -> None:
+        write_params(self.root, {**QUICK, **changes})
+
+    def read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def results(self) -> dict[str, bytes]:
+        """dvc.lock and every file under metrics/ and plots/, by path."""
+        files = [self.root / "dvc.lock"]
+        files += [
+            p
+            for folder in ("metrics", "plots")
+            for p in (self.root / folder).rglob("*")
+            if p.is_file()
+        ]
+        return {str(path.relative_to(self.root)): path.read_bytes() for path in files}
+
+
+def copy_project(target: Path) -> None:
+    """The project's committed code and config, without its published results and tests."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in listed:
+        if name == "dvc.lock" or name.split("/")[0] in {"metrics", "plots", "tests"}:
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target / name)
 
 
 def run_stage_cli(stage: str, cwd: Path) -> subprocess.CompletedProcess:

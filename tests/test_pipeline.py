@@ -2,85 +2,28 @@
 on a small subset of the real MNIST files and one epoch."""
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, write_params
+from tests.helpers import STAGES, Repo, copy_project
 
-QUICK = {
-    "preprocess.max_train_images": 2000,
-    "preprocess.validation_images": 500,
-    "preprocess.max_test_images": 1000,
-    "train.epochs": 1,
-    "train.batch_size": 64,
+# What `dvc plots show` draws: each plot file and its title (images have none).
+PLOTS = {
+    "plots/train/loss.csv": "Loss",
+    "plots/train/accuracy.csv": "Accuracy",
+    "plots/evaluate/predictions.csv": "Confusion matrix",
+    "plots/evaluate/images/confusion_matrix.png": None,
+    "plots/evaluate/images/samples.png": None,
+    "plots/evaluate/images/misclassified.png": None,
 }
-STAGES = ["download", "preprocess", "train", "evaluate"]
-
-
-class Repo:
-    def __init__(self, root: Path, mnist_dir: Path) -> None:
-        self.root = root
-        self.env = {
-            **os.environ,
-            "MNIST_MIRROR": str(mnist_dir),
-            # The stages run as `python -m ...`: make that this interpreter.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "GIT_AUTHOR_NAME": "test",
-            "GIT_AUTHOR_EMAIL": "test@localhost",
-            "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@localhost",
-        }
-
-    def run(self, *command: str) -> str:
-        result = subprocess.run(
-            command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
-        )
-        assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
-
-    def dvc(self, *arguments: str) -> str:
-        return self.run(sys.executable, "-m", "dvc", *arguments)
-
-    def repro(self, *arguments: str) -> list[str]:
-        """Run `dvc repro`; return the stages it ran."""
-        return re.findall(r"Running stage '(\w+)'", self.dvc("repro", *arguments))
-
-    def commit(self, message: str) -> None:
-        self.run("git", "add", "-A")
-        self.run("git", "commit", "-q", "-m", message)
-
-    def results(self) -> dict[str, bytes]:
-        """dvc.lock and every file under metrics/ and plots/, by path."""
-        files = [self.root / "dvc.lock"]
-        files += [
-            p
-            for folder in ("metrics", "plots")
-            for p in (self.root / folder).rglob("*")
-            if p.is_file()
-        ]
-        return {str(path.relative_to(self.root)): path.read_bytes() for path in files}
 
 
 @pytest.fixture
 def repo(tmp_path, mnist_dir) -> Repo:
-    """The project's committed code and config, without its published results."""
-    listed = subprocess.run(
-        ["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in listed:
-        if name == "dvc.lock" or name.split("/")[0] in {"metrics", "plots", "tests"}:
-            continue
-        target = tmp_path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, target)
-    repo = Repo(tmp_path, mnist_dir)
-    write_params(tmp_path, QUICK)
+    """The project in a fresh git repository, on the quick params."""
+    copy_project(tmp_path)
+    repo = Repo(tmp_path, {"MNIST_MIRROR": str(mnist_dir)})
+    repo.set_params({})
     repo.run("git", "init", "-q")
     repo.commit("project")
     return repo
@@ -90,12 +33,12 @@ def test_pipeline_end_to_end(repo):
     assert repo.repro() == STAGES
     assert repo.repro() == []
 
-    write_params(repo.root, {**QUICK, "evaluate.sample_images": 5})
+    repo.set_params({"evaluate.sample_images": 5})
     assert repo.repro() == ["evaluate"]
 
     repo.commit("one epoch")
     before = json.loads((repo.root / "metrics/evaluate.json").read_text())
-    write_params(repo.root, {**QUICK, "evaluate.sample_images": 5, "train.epochs": 2})
+    repo.set_params({"evaluate.sample_images": 5, "train.epochs": 2})
     assert repo.repro() == ["train", "evaluate"]
 
     params_diff = json.loads(repo.dvc("params", "diff", "--json"))
@@ -106,20 +49,34 @@ def test_pipeline_end_to_end(repo):
     assert accuracy["new"] != accuracy["old"]
     assert accuracy["diff"] == pytest.approx(accuracy["new"] - accuracy["old"])
 
+    # Exactly the plots the project defines, titled, and no raw rendering of any data file.
+    shown = json.loads(repo.dvc("plots", "show", "--json"))["data"]
+    assert set(shown) == set(PLOTS)
+    for plot, title in PLOTS.items():
+        if title:
+            assert shown[plot][0]["content"]["title"] in (title, {"text": title, "anchor": "middle"})
     repo.dvc("plots", "show", "-o", "shown")
-    page = (repo.root / "shown/index.html").read_text()
-    for plot in (
-        "Loss",
-        "Accuracy",
-        "Confusion matrix",
-        "confusion_matrix.png",
-        "samples.png",
-        "misclassified.png",
-    ):
-        assert plot in page
+    assert (repo.root / "shown/index.html").exists()
     repo.dvc("plots", "diff", "HEAD", "-o", "compared")
     assert "Confusion matrix" in (repo.root / "compared/index.html").read_text()
 
     published = repo.results()
     assert repo.repro("-f") == STAGES
     assert repo.results() == published
+
+
+def test_run_cache_restores_every_stage(repo):
+    """Going back to params run before runs nothing: DVC restores each stage from its
+    run-cache, byte for byte, dvc.lock, metrics and plots included."""
+    assert repo.repro() == STAGES
+    first = repo.results() | {"model": repo.read("models/model.keras")}
+    runs = list((repo.root / ".dvc/cache/runs").glob("*/*/*"))
+    assert len(runs) == len(STAGES)  # every stage is saved in the run-cache
+
+    repo.set_params({"train.epochs": 2})
+    assert repo.repro() == ["train", "evaluate"]
+    assert repo.results() != {k: v for k, v in first.items() if k != "model"}
+
+    repo.set_params({"train.epochs": 1})
+    assert repo.repro() == []
+    assert repo.results() | {"model": repo.read("models/model.keras")} == first

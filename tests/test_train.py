@@ -10,7 +10,7 @@ import pytest
 from stages.files import write_npz
 from stages.runtime import cpu_flags, resolve_precision
 from stages.train import (
-    HISTORY_COLUMNS,
+    CURVE_COLUMNS,
     build_model,
     random_affine,
     renumber_shared_objects,
@@ -92,7 +92,9 @@ def write_tiny_data(folder: Path, params: dict, count: int = 96) -> None:
 def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
     params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 2, "train.precision": precision})
     write_tiny_data(tmp_path, params)
-    outputs = [params["paths"][key] for key in ("model", "train_metrics", "train_history")]
+    outputs = [
+        params["paths"][key] for key in ("model", "train_metrics", "train_loss", "train_accuracy")
+    ]
 
     runs = []
     for _ in range(2):
@@ -104,8 +106,11 @@ def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
     metrics = json.loads((tmp_path / params["paths"]["train_metrics"]).read_text())
     assert metrics["precision"] == precision
     assert metrics["epochs"] == 2
-    history = pd.read_csv(tmp_path / params["paths"]["train_history"])
-    assert list(history.columns) == HISTORY_COLUMNS and list(history["epoch"]) == [1, 2]
+    for key in ("train_loss", "train_accuracy"):
+        curve = pd.read_csv(tmp_path / params["paths"][key])
+        assert list(curve.columns) == CURVE_COLUMNS and list(curve["epoch"]) == [1, 2]
+    final = pd.read_csv(tmp_path / params["paths"]["train_accuracy"]).iloc[-1]
+    assert final["validation"] == metrics["validation"]["accuracy"]
     with zipfile.ZipFile(tmp_path / params["paths"]["model"]) as archive:
         assert "date_saved" not in json.loads(archive.read("metadata.json"))
     model = keras.models.load_model(tmp_path / params["paths"]["model"])
