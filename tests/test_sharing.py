@@ -1,0 +1,218 @@
+"""Sharing results, for real: an S3-compatible server (moto's standalone server) on 127.0.0.1,
+a bare git repository as `origin`, and two clones, A and B, each with its own DVC cache, driven
+with the commands the README's "Share results" section shows."""
+
+import json
+import logging
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.helpers import STAGES, Repo, copy_project
+
+BUCKET = "mnist-team"
+# Dummy credentials, for this test's environment only: moto accepts any.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class Team:
+    origin: Path  # the bare git repository everyone pushes to
+    endpoint: str  # the S3 server's URL
+    env: dict[str, str]
+    workdir: Path
+
+    def clone(self, name: str) -> Repo:
+        """A teammate's fresh clone of origin, with an empty DVC cache."""
+        subprocess.run(
+            ["git", "clone", "-q", str(self.origin), str(self.workdir / name)],
+            check=True,
+            capture_output=True,
+        )
+        return Repo(self.workdir / name, self.env)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, **lowercase(CREDENTIALS))
+    s3.create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+def lowercase(credentials: dict[str, str]) -> dict[str, str]:
+    names = {
+        "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+        "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+        "AWS_DEFAULT_REGION": "region_name",
+    }
+    return {names[key]: value for key, value in credentials.items()}
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
+    """Teammate A has set up the project with a remote, run it, and pushed everything."""
+    workdir = tmp_path_factory.mktemp("team")
+    origin = workdir / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    team = Team(
+        origin, s3_endpoint, {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir)}, workdir
+    )
+
+    a = Repo(workdir / "a", team.env)
+    a.root.mkdir()
+    copy_project(a.root)
+    a.set_params({})
+    a.run("git", "init", "-q", "-b", "main")
+    a.run("git", "remote", "add", "origin", str(origin))
+    # The README's lines for an S3-compatible server.
+    a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
+    a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
+    a.commit("project, with the team's remote")
+    assert a.repro() == STAGES
+    a.commit("results")
+    a.run("git", "push", "-q", "origin", "main")
+    a.dvc("push", "--run-cache")
+    return team
+
+
+def test_teammate_pulls_results_instead_of_rerunning(team):
+    a = Repo(team.workdir / "a", team.env)
+    b = team.clone("b-pull")
+    b.dvc("pull")
+    assert "up to date" in b.dvc("status")
+    assert b.repro() == []
+    assert b.read("models/model.keras") == a.read("models/model.keras")
+    assert b.results() == a.results()
+
+
+def test_run_cache_shares_a_param_set_run_elsewhere(team):
+    a = team.clone("a-run-cache")
+    a.dvc("pull")
+    a.set_params({"train.epochs": 2})
+    assert a.repro() == ["train", "evaluate"]
+    a.dvc("push")
+    pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout
+    assert re.fullmatch(r"pushed \d+ run record\(s\) and [1-9]\d* new file\(s\)\n", pushed)
+
+    # `dvc pull --run-cache` brings the run records (a few hundred bytes each), not the files
+    # they name; `dvc repro --pull` fetches those it needs and restores the stages.
+    b = team.clone("b-run-cache")
+    b.dvc("pull")
+    b.set_params({"train.epochs": 2})
+    b.dvc("pull", "--run-cache")
+    assert run_records(a) <= run_records(b)
+    assert b.repro("--pull") == []  # train and evaluate restored, not run
+    assert b.results() == a.results()
+    assert b.read("models/model.keras") == a.read("models/model.keras")
+
+    # In one command, from a clone that has pulled nothing.
+    c = team.clone("c-run-cache")
+    c.set_params({"train.epochs": 2})
+    assert c.repro("--pull") == []
+    assert c.results() == a.results()
+
+
+def test_experiments_travel_through_origin(team):
+    a = team.clone("a-exp")
+    a.dvc("pull")
+    a.dvc("exp", "run", "-n", "two-epochs", "-S", "train.epochs=2", "-S", "train.batch_size=32")
+    a.dvc("exp", "push", "origin", "two-epochs")
+    pushed = {
+        path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")
+    }
+
+    b = team.clone("b-exp")
+    b.dvc("exp", "pull", "origin", "two-epochs")
+    shown = json.loads(b.dvc("exp", "show", "--json"))
+    names = [exp["name"] for row in shown for exp in row.get("experiments") or []]
+    assert "two-epochs" in names
+
+    b.dvc("exp", "apply", "two-epochs")  # the model and metrics come from the remote
+    for path, data in pushed.items():
+        assert b.read(path) == data
+    assert b.repro() == []  # nothing to train: the workspace matches the experiment
+
+
+def test_registry_version_is_fetched_by_anyone(team, tmp_path):
+    a = team.clone("a-registry")
+    # A version is a git tag `mnist-cnn@<version>`: by GTO, or by git alone on a later commit.
+    a.run("gto", "register", "mnist-cnn", "--version", "v1.0.0")
+    (a.root / "NOTES.md").write_text("a later commit\n")
+    a.commit("notes")
+    a.run("git", "tag", "-a", "mnist-cnn@v1.1.0", "-m", "mnist-cnn v1.1.0")
+    a.run("git", "push", "-q", "origin", "main", "mnist-cnn@v1.0.0", "mnist-cnn@v1.1.0")
+    listed = a.run("gto", "show", "mnist-cnn").stdout
+    assert "v1.0.0" in listed and "v1.1.0" in listed
+    published = Repo(team.workdir / "a", team.env).read("models/model.keras")
+
+    outsider = Repo(tmp_path, team.env)  # not a clone: any folder, with the remote's keys
+    for version in ("v1.0.0", "v1.1.0"):
+        outsider.dvc(
+            "artifacts", "get", str(team.origin), "mnist-cnn", "--rev", version,
+            "-o", f"model-{version}.keras",
+        )
+        assert outsider.read(f"model-{version}.keras") == published
+    outsider.dvc("artifacts", "get", str(team.origin), "mnist-cnn", "-o", "latest.keras")
+    assert outsider.read("latest.keras") == published
+
+    missing = outsider.dvc_fails("artifacts", "get", str(team.origin), "mnist-cnn", "--rev", "v9")
+    assert "Unable to find artifact" in missing.stderr
+
+
+def run_records(repo: Repo) -> set[str]:
+    return {p.name for p in (repo.root / ".dvc/cache/runs").glob("*/*/*")}
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cache_listing(repo: Repo) -> dict[str, bytes]:
+    cache = repo.root / ".dvc/cache"
+    return {str(p.relative_to(cache)): p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("endpointurl", "unreachable"),  # filled in with a closed port on 127.0.0.1
+        ("url", f"s3://no-such-bucket/dvcstore"),
+    ],
+)
+def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value):
+    repo = team.clone(f"broken-{setting}")
+    repo.dvc("pull", "--run-cache")
+    assert run_records(repo)  # something to push
+    if value == "unreachable":
+        value = f"http://127.0.0.1:{closed_port()}"
+    repo.dvc("remote", "modify", "storage", setting, value)
+    before = cache_listing(repo)
+    failed = repo.dvc_fails("push")
+    assert "ERROR" in failed.stderr
+    assert cache_listing(repo) == before
+
+    failed = repo.run(sys.executable, "-m", "stages.push_run_cache", check=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("error: run-cache not pushed: ")
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert cache_listing(repo) == before
