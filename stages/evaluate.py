@@ -112,7 +112,7 @@ def load_model(path: Path) -> keras.Model:
 def main() -> None:
     params = load_params()
     paths, settings = params.paths, params.evaluate
-    make_deterministic(params.seed)
+    make_deterministic(params.seed, params.threads)
     model = load_model(Path(paths.model))
     test = read_npz(Path(paths.test_data))
     images, actual = test["images"], test["labels"].astype(np.int64)

@@ -90,6 +90,7 @@ class EvaluateParams(Section):
 
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
+    threads: Annotated[int, Field(ge=0)]  # TensorFlow's threads per operation; 0: every core
     paths: PathsParams
     download: DownloadParams
     preprocess: PreprocessParams

@@ -6,12 +6,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from stages.errors import PipelineError
-
-# Sizes TensorFlow's thread pools; set it when several stages train at once (a sweep with
-# `dvc exp run --run-all -j N`), so that they share the cores instead of fighting over them.
-THREADS_ENV = "MNIST_THREADS"
-
 # CPU features that make bfloat16 matmuls and convolutions fast (Intel AMX, AVX512-BF16).
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
 
@@ -20,26 +14,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def thread_count(setting: str | None, cores: int) -> int:
-    """Threads per TensorFlow op: $MNIST_THREADS when set, else every core."""
-    if setting is None or setting.strip() == "":
-        return cores
-    try:
-        threads = int(setting)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise PipelineError(f"${THREADS_ENV}: expected a whole number of threads >= 1, got {setting!r}")
-    return threads
-
-
-def make_deterministic(seed: int) -> None:
+def make_deterministic(seed: int, threads: int) -> None:
     """Seed Python, NumPy, TensorFlow and Keras; same code, params and machine give the same bits.
 
+    `threads` sizes TensorFlow's thread pool (0: every core). It is a param because it changes
+    the bits: operations split their sums differently across threads.
     Must run before TensorFlow builds any op: thread pools cannot be resized afterwards.
     """
-    threads = thread_count(os.environ.get(THREADS_ENV), available_cores())
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(threads or available_cores())
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)

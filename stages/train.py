@@ -222,7 +222,7 @@ def fit_model(
 
     Returns the model, its per-epoch history and the precision used.
     """
-    make_deterministic(params.seed)
+    make_deterministic(params.seed, params.threads)
     precision = use_precision(params.train.precision)
     model = build_model(params.model)
     if verbose:

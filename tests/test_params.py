@@ -73,3 +73,12 @@ def test_readme_command_for_the_notebook_setup():
     assert params.train.learning_rate == 0.001 and params.train.lr_schedule == "constant"
     assert params.train.precision == "float32"
     assert not params.train.augment.enabled
+
+
+def test_threads_is_a_count_of_threads(raw_params):
+    raw_params["threads"] = -1
+    with pytest.raises(PipelineError) as error:
+        parse_params(raw_params)
+    assert str(error.value) == (
+        "params.yaml: threads: input should be greater than or equal to 0 (got -1)"
+    )

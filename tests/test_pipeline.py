@@ -80,3 +80,24 @@ def test_run_cache_restores_every_stage(repo):
     repo.set_params({"train.epochs": 1})
     assert repo.repro() == []
     assert repo.results() | {"model": repo.read("models/model.keras")} == first
+
+
+def test_queued_sweep_runs_experiments_side_by_side(repo):
+    """The README's sweep: queue a grid, run it two at a time (each on one thread), compare."""
+    repo.dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "threads=1")
+    repo.dvc("exp", "run", "--run-all", "-j", "2")  # blocks until both are done
+    repo.dvc("queue", "stop")
+
+    accuracy = {}
+    for baseline in json.loads(repo.dvc("exp", "show", "--json")):
+        for experiment in baseline.get("experiments") or []:
+            data = experiment["revs"][0]["data"]
+            params = data["params"]["params.yaml"]["data"]
+            assert params["threads"] == 1
+            epochs = params["train"]["epochs"]
+            accuracy[epochs] = data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
+    assert set(accuracy) == {1, 2}
+    assert all(0.1 < value <= 1 for value in accuracy.values())
+
+    compact = repo.dvc("exp", "show", "--only-changed", "--drop", "per_class", "--md")
+    assert "per_class" not in compact and "train.epochs" in compact
