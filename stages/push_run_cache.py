@@ -1,10 +1,11 @@
 """`dvc push --run-cache`, completed: push DVC's records of stage runs and every file they name.
 
-DVC 3.x pushes the run records (.dvc/cache/runs) but, of the files those records name, only the
-ones the current dvc.lock also names. The metrics and plots that this project keeps in git
-(`cache: false`) are copied into .dvc/cache by each run for the run-cache's sake, and stay
-there: a teammate's `dvc repro --pull` finds the record, misses its files and runs the stage
-again. This command pushes those files too, as DVC 2 did.
+DVC 3.x pushes the run records (.dvc/cache/runs) but not the files they name: `dvc push` sends
+only what the workspace's dvc.lock names and keeps in DVC's cache. The metrics and plots that
+this project keeps in git (`cache: false`) are copied into .dvc/cache by each run for the
+run-cache's sake, and stay there, as does the model of any run but the current one: a
+teammate's `dvc repro --pull` finds the record, misses its files and runs the stage again.
+This command pushes those files too, as DVC 2 did.
 
     python -m stages.push_run_cache [--remote NAME]
 """
@@ -20,37 +21,35 @@ from dvc_data.hashfile.hash_info import HashInfo
 from stages.errors import PipelineError, run_stage
 
 
-def local_run_records(repo: Repo) -> list[Path]:
-    """The run records in this repository's cache: runs/<key[:2]>/<key>/<value>."""
-    return sorted(Path(repo.stage_cache.cache_dir).glob("*/*/*"))
+def records_made_here(repo: Repo) -> list[Path]:
+    """The run records (runs/<key[:2]>/<key>/<value>) whose files are all in this cache.
+    Records pulled from a remote come without their files, which stay where they were pushed
+    from; a record whose files were garbage-collected would name files nobody has."""
+    records = sorted(Path(repo.stage_cache.cache_dir).glob("*/*/*"))
+    return [record for record in records if all_in_cache(repo, record)]
 
 
-def made_here(repo: Repo, record: Path) -> bool:
-    """Whether this cache holds every output the record names. Records pulled from a remote
-    come without their files, which stay where they were pushed from."""
-    outputs = yaml.safe_load(record.read_text()).get("outs", [])
-    return all(in_cache(repo, output["hash"], output["md5"]) for output in outputs)
-
-
-def in_cache(repo: Repo, hash_name: str, value: str) -> bool:
-    cache = repo.cache.legacy if hash_name == "md5-dos2unix" else repo.cache.local
-    return cache.exists(value)
+def all_in_cache(repo: Repo, record: Path) -> bool:
+    for output in yaml.safe_load(record.read_text()).get("outs", []):
+        # DVC 2 records have no "hash" field: their md5 is the legacy (dos2unix) one.
+        legacy = output.get("hash", "md5-dos2unix") == "md5-dos2unix"
+        cache = repo.cache.legacy if legacy else repo.cache.local
+        if "md5" not in output or not cache.exists(output["md5"]):
+            return False
+    return True
 
 
 def files_named(repo: Repo, records: list[Path]) -> set[HashInfo]:
-    """Every file that the records made here name."""
     files: set[HashInfo] = set()
     for record in records:
-        if made_here(repo, record):
-            used = repo.stage_cache.get_used_objs([(record.parent.name, record.name)])
-            for found in used.values():
-                files |= found
+        for found in repo.stage_cache.get_used_objs([(record.parent.name, record.name)]).values():
+            files |= found
     return files
 
 
 def push_run_cache(repo: Repo, remote: str | None) -> tuple[int, int]:
-    """Push the run records and the files they name; return (records, new files) sent."""
-    records = local_run_records(repo)
+    """Push the run records made here and the files they name; return (records, new files)."""
+    records = records_made_here(repo)
     result = repo.cloud.push(files_named(repo, records), remote=remote)
     if result.failed:
         raise PipelineError(

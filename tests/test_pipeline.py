@@ -83,9 +83,11 @@ def test_run_cache_restores_every_stage(repo):
 
 
 def test_queued_sweep_runs_experiments_side_by_side(repo):
-    """The README's sweep: queue a grid, run it two at a time (each on one thread), compare."""
+    """The README's sweep commands, on tiny params: queue a grid, run it two at a time (each on
+    one thread), compare."""
     repo.dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "threads=1")
     repo.dvc("exp", "run", "--run-all", "-j", "2")  # blocks until both are done
+    assert repo.dvc("queue", "status").count("Success") == 2
     repo.dvc("queue", "stop")
 
     accuracy = {}

@@ -85,7 +85,8 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     # The README's lines for an S3-compatible server.
     a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
-    a.commit("project, with the team's remote")
+    a.commit("project")
+    assert "storage" in a.run("git", "show", "HEAD:.dvc/config").stdout
     assert a.repro() == STAGES
     a.commit("results")
     a.run("git", "push", "-q", "origin", "main")
@@ -152,6 +153,10 @@ def test_experiments_travel_through_origin(team):
 
 
 def test_registry_version_is_fetched_by_anyone(team, tmp_path):
+    outsider = Repo(tmp_path, team.env)  # not a clone: any folder, with the remote's keys
+    untagged = outsider.dvc_fails("artifacts", "get", str(team.origin), "mnist-cnn")
+    assert "Unable to find artifact" in untagged.stderr  # no version before the first tag
+
     a = team.clone("a-registry")
     # A version is a git tag `mnist-cnn@<version>`: by GTO, or by git alone on a later commit.
     a.run("gto", "register", "mnist-cnn", "--version", "v1.0.0")
@@ -163,7 +168,6 @@ def test_registry_version_is_fetched_by_anyone(team, tmp_path):
     assert "v1.0.0" in listed and "v1.1.0" in listed
     published = Repo(team.workdir / "a", team.env).read("models/model.keras")
 
-    outsider = Repo(tmp_path, team.env)  # not a clone: any folder, with the remote's keys
     for version in ("v1.0.0", "v1.1.0"):
         outsider.dvc(
             "artifacts", "get", str(team.origin), "mnist-cnn", "--rev", version,
@@ -175,6 +179,22 @@ def test_registry_version_is_fetched_by_anyone(team, tmp_path):
 
     missing = outsider.dvc_fails("artifacts", "get", str(team.origin), "mnist-cnn", "--rev", "v9")
     assert "Unable to find artifact" in missing.stderr
+
+
+def test_a_shared_folder_serves_as_remote(team, tmp_path):
+    folder = tmp_path / "shared"
+    a = team.clone("a-folder")
+    a.dvc("pull")
+    a.dvc("remote", "add", "-d", "-f", "storage", str(folder))
+    a.dvc("push")
+    a.commit("the team's remote is a shared folder")
+    a.run("git", "push", "-q", "origin", "HEAD:folder-remote")
+
+    b = team.clone("b-folder")
+    b.run("git", "checkout", "-q", "folder-remote")
+    b.dvc("pull")
+    assert b.read("models/model.keras") == a.read("models/model.keras")
+    assert b.repro() == []
 
 
 def run_records(repo: Repo) -> set[str]:
