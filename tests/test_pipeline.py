@@ -87,8 +87,9 @@ def test_queued_sweep_runs_experiments_side_by_side(repo):
     one thread), compare."""
     repo.dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "threads=1")
     repo.dvc("exp", "run", "--run-all", "-j", "2")  # blocks until both are done
-    assert repo.dvc("queue", "status").count("Success") == 2
-    repo.dvc("queue", "stop")
+    status = repo.dvc("queue", "status")
+    assert status.count("Success") == 2
+    assert "Worker status: 0 active, 0 idle" in status  # the workers stopped by themselves
 
     accuracy = {}
     for baseline in json.loads(repo.dvc("exp", "show", "--json")):
@@ -101,5 +102,9 @@ def test_queued_sweep_runs_experiments_side_by_side(repo):
     assert set(accuracy) == {1, 2}
     assert all(0.1 < value <= 1 for value in accuracy.values())
 
-    compact = repo.dvc("exp", "show", "--only-changed", "--drop", "per_class", "--md")
-    assert "per_class" not in compact and "train.epochs" in compact
+    compact = repo.dvc(
+        "exp", "show", "--only-changed", "--drop", "per_class|Created|State|Executor|models/"
+    )
+    assert "train.epochs" in compact and "accuracy" in compact
+    assert not any(column in compact for column in ("per_class", "Created", "models/"))
+
