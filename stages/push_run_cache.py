@@ -21,12 +21,11 @@ from dvc_data.hashfile.hash_info import HashInfo
 from stages.errors import PipelineError, run_stage
 
 
-def records_made_here(repo: Repo) -> list[Path]:
+def records_made_here(repo: Repo, runs: Path) -> list[Path]:
     """The run records (runs/<key[:2]>/<key>/<value>) whose files are all in this cache.
     Records pulled from a remote come without their files, which stay where they were pushed
     from; a record whose files were garbage-collected would name files nobody has."""
-    records = sorted(Path(repo.stage_cache.cache_dir).glob("*/*/*"))
-    return [record for record in records if all_in_cache(repo, record)]
+    return [record for record in sorted(runs.glob("*/*/*")) if all_in_cache(repo, record)]
 
 
 def all_in_cache(repo: Repo, record: Path) -> bool:
@@ -40,16 +39,14 @@ def all_in_cache(repo: Repo, record: Path) -> bool:
 
 
 def files_named(repo: Repo, records: list[Path]) -> set[HashInfo]:
-    files: set[HashInfo] = set()
-    for record in records:
-        for found in repo.stage_cache.get_used_objs([(record.parent.name, record.name)]).values():
-            files |= found
-    return files
+    keys = [(record.parent.name, record.name) for record in records]
+    return set().union(*repo.stage_cache.get_used_objs(keys).values())
 
 
 def push_run_cache(repo: Repo, remote: str | None) -> tuple[int, int]:
     """Push the run records made here and the files they name; return (records, new files)."""
-    records = records_made_here(repo)
+    runs = Path(repo.stage_cache.cache_dir)
+    records = records_made_here(repo, runs)
     result = repo.cloud.push(files_named(repo, records), remote=remote)
     if result.failed:
         raise PipelineError(
@@ -58,7 +55,6 @@ def push_run_cache(repo: Repo, remote: str | None) -> tuple[int, int]:
         )
     # The records last, so that a record on the remote never names a file that is not there.
     storage = repo.cloud.get_remote_odb(remote, "push --run-cache", hash_name="md5-dos2unix")
-    runs = Path(repo.stage_cache.cache_dir)
     for record in records:
         target = storage.fs.join(storage.path, "runs", *record.relative_to(runs).parts)
         storage.fs.put_file(str(record), target)

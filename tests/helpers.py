@@ -102,6 +102,10 @@ class Repo:
     def read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
 
+    def run_records(self) -> set[str]:
+        """The names of the records in DVC's run-cache (.dvc/cache/runs/<xx>/<key>/<name>)."""
+        return {record.name for record in (self.root / ".dvc/cache/runs").glob("*/*/*")}
+
     def results(self) -> dict[str, bytes]:
         """dvc.lock and every file under metrics/ and plots/, by path."""
         files = [self.root / "dvc.lock"]

@@ -30,7 +30,6 @@ CREDENTIALS = {
 @dataclass
 class Team:
     origin: Path  # the bare git repository everyone pushes to
-    endpoint: str  # the S3 server's URL
     env: dict[str, str]
     workdir: Path
 
@@ -51,19 +50,16 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, **lowercase(CREDENTIALS))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
     s3.create_bucket(Bucket=BUCKET)
     yield endpoint
     server.stop()
-
-
-def lowercase(credentials: dict[str, str]) -> dict[str, str]:
-    names = {
-        "AWS_ACCESS_KEY_ID": "aws_access_key_id",
-        "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-        "AWS_DEFAULT_REGION": "region_name",
-    }
-    return {names[key]: value for key, value in credentials.items()}
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +68,7 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     workdir = tmp_path_factory.mktemp("team")
     origin = workdir / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    team = Team(
-        origin, s3_endpoint, {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir)}, workdir
-    )
+    team = Team(origin, {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir)}, workdir)
 
     a = Repo(workdir / "a", team.env)
     a.root.mkdir()
@@ -119,7 +113,7 @@ def test_run_cache_shares_a_param_set_run_elsewhere(team):
     b.dvc("pull")
     b.set_params({"train.epochs": 2})
     b.dvc("pull", "--run-cache")
-    assert run_records(a) <= run_records(b)
+    assert a.run_records() <= b.run_records()
     assert b.repro("--pull") == []  # train and evaluate restored, not run
     assert b.results() == a.results()
     assert b.read("models/model.keras") == a.read("models/model.keras")
@@ -136,9 +130,7 @@ def test_experiments_travel_through_origin(team):
     a.dvc("pull")
     a.dvc("exp", "run", "-n", "two-epochs", "-S", "train.epochs=2", "-S", "train.batch_size=32")
     a.dvc("exp", "push", "origin", "two-epochs")
-    pushed = {
-        path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")
-    }
+    pushed = {path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")}
 
     b = team.clone("b-exp")
     b.dvc("exp", "pull", "origin", "two-epochs")
@@ -170,8 +162,14 @@ def test_registry_version_is_fetched_by_anyone(team, tmp_path):
 
     for version in ("v1.0.0", "v1.1.0"):
         outsider.dvc(
-            "artifacts", "get", str(team.origin), "mnist-cnn", "--rev", version,
-            "-o", f"model-{version}.keras",
+            "artifacts",
+            "get",
+            str(team.origin),
+            "mnist-cnn",
+            "--rev",
+            version,
+            "-o",
+            f"model-{version}.keras",
         )
         assert outsider.read(f"model-{version}.keras") == published
     outsider.dvc("artifacts", "get", str(team.origin), "mnist-cnn", "-o", "latest.keras")
@@ -197,10 +195,6 @@ def test_a_shared_folder_serves_as_remote(team, tmp_path):
     assert b.repro() == []
 
 
-def run_records(repo: Repo) -> set[str]:
-    return {p.name for p in (repo.root / ".dvc/cache/runs").glob("*/*/*")}
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -216,13 +210,13 @@ def cache_listing(repo: Repo) -> dict[str, bytes]:
     ("setting", "value"),
     [
         ("endpointurl", "unreachable"),  # filled in with a closed port on 127.0.0.1
-        ("url", f"s3://no-such-bucket/dvcstore"),
+        ("url", "s3://no-such-bucket/dvcstore"),
     ],
 )
 def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value):
     repo = team.clone(f"broken-{setting}")
     repo.dvc("pull", "--run-cache")
-    assert run_records(repo)  # something to push
+    assert repo.run_records()  # something to push
     if value == "unreachable":
         value = f"http://127.0.0.1:{closed_port()}"
     repo.dvc("remote", "modify", "storage", setting, value)
