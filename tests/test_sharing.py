@@ -68,7 +68,9 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     workdir = tmp_path_factory.mktemp("team")
     origin = workdir / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    team = Team(origin, {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir)}, workdir)
+    # COLUMNS: tables as wide as a terminal's (without one, dvc draws them 16 columns wide).
+    env = {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir), "COLUMNS": "200"}
+    team = Team(origin, env, workdir)
 
     a = Repo(workdir / "a", team.env)
     a.root.mkdir()
@@ -76,10 +78,12 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     a.set_params({})
     a.run("git", "init", "-q", "-b", "main")
     a.run("git", "remote", "add", "origin", str(origin))
-    # The README's lines for an S3-compatible server.
+    a.commit("project")
+    # The README's lines for an S3-compatible server, then its commit of the remote.
     a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
-    a.commit("project")
+    a.run("git", "add", ".dvc/config")
+    a.run("git", "commit", "-q", "-m", "Team remote")
     assert "storage" in a.run("git", "show", "HEAD:.dvc/config").stdout
     assert a.repro() == STAGES
     a.commit("results")
@@ -137,6 +141,7 @@ def test_experiments_travel_through_origin(team):
     shown = json.loads(b.dvc("exp", "show", "--json"))
     names = [exp["name"] for row in shown for exp in row.get("experiments") or []]
     assert "two-epochs" in names
+    assert "two-epochs" in b.dvc("exp", "show", "--no-pager")  # the README's plain table
 
     b.dvc("exp", "apply", "two-epochs")  # the model and metrics come from the remote
     for path, data in pushed.items():
