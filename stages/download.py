@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,11 +19,15 @@ from tqdm import tqdm
 
 from stages import mnist
 from stages.errors import PipelineError, run_stage
-from stages.files import atomic_writer
+from stages.files import remove_stale_temporaries, write_bytes
 from stages.params import load_params
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK_BYTES = 1 << 16
+# A mirror slower than this per `download.timeout_seconds` is given up on (about 0.5 KiB/s at
+# the default 30 s): far below any working connection, far above a stalled server's trickle.
+MIN_BYTES_PER_TIMEOUT = 16 * 1024
+POLL_SECONDS = 0.1
 
 
 @dataclass
@@ -54,51 +59,87 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, destination: Path, expected_sha256: str, timeout: float) -> None:
-    """Stream `url` into `destination`; it appears only if complete and its checksum matches."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            expected_bytes = int(length) if length else None
-            digest = hashlib.sha256()
-            received = 0
-            with (
-                atomic_writer(destination) as file,
-                tqdm(
-                    total=expected_bytes,
-                    unit="B",
-                    unit_scale=True,
-                    desc=destination.name,
-                    disable=not sys.stderr.isatty(),
-                ) as progress,
-            ):
-                while chunk := response.read(CHUNK_BYTES):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    progress.update(len(chunk))
-                if expected_bytes is not None and received < expected_bytes:
-                    raise FetchError(f"truncated ({received} of {expected_bytes} bytes)", True)
-                if digest.hexdigest() != expected_sha256:
+class Transfer(threading.Thread):
+    """One HTTP(S) or file request, read in a thread so that a slow server cannot block the
+    stage: the caller watches `received` and walks away from a stalled transfer."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(daemon=True)  # an abandoned transfer must not keep the process alive
+        self.url, self.timeout = url, timeout
+        self.received = 0
+        self.expected_bytes: int | None = None
+        self.chunks: list[bytes] = []
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def run(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as response:
+                length = response.headers.get("Content-Length")
+                self.expected_bytes = int(length) if length else None
+                # read1: whatever has arrived, so `received` moves as the bytes come in.
+                while not self.abandoned and (chunk := response.read1(CHUNK_BYTES)):
+                    self.chunks.append(chunk)
+                    self.received += len(chunk)
+        except BaseException as error:  # handed to the caller, which names it
+            self.error = error
+
+
+def download_error(error: BaseException, timeout: float) -> FetchError:
+    """What went wrong with a request, in a few words; transient failures are retried."""
+    if isinstance(error, urllib.error.HTTPError):
+        return FetchError(f"HTTP {error.code}", error.code >= 500)
+    if isinstance(error, http.client.IncompleteRead):
+        return FetchError(
+            f"truncated ({len(error.partial)} bytes, then the connection closed)", True
+        )
+    if isinstance(error, urllib.error.URLError):
+        if isinstance(error.reason, FileNotFoundError):
+            return FetchError("not found", False)
+        return FetchError(f"unreachable ({error.reason})", True)
+    if isinstance(error, TimeoutError):
+        return FetchError(f"timed out after {timeout:g} s", True)
+    if isinstance(error, (OSError, http.client.HTTPException)):
+        return FetchError(f"connection failed ({error})", True)
+    raise error
+
+
+def fetch(url: str, expected_sha256: str, timeout: float, name: str) -> bytes:
+    """The bytes at `url`, complete and with the expected checksum.
+
+    A server must send at least MIN_BYTES_PER_TIMEOUT within every `timeout` seconds, from the
+    request on: so a stalled or trickling server holds a file at most
+    timeout * (1 + size / MIN_BYTES_PER_TIMEOUT) seconds, never forever.
+    """
+    transfer = Transfer(url, timeout)
+    transfer.start()
+    window_start, window_bytes, shown = time.monotonic(), 0, 0
+    with tqdm(unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty()) as progress:
+        while transfer.is_alive():
+            transfer.join(POLL_SECONDS)
+            progress.total = transfer.expected_bytes
+            progress.update(transfer.received - shown)
+            shown = transfer.received
+            if time.monotonic() - window_start >= timeout and transfer.is_alive():
+                if transfer.received - window_bytes < MIN_BYTES_PER_TIMEOUT:
+                    transfer.abandoned = True
                     raise FetchError(
-                        f"checksum mismatch (sha256 {digest.hexdigest()[:12]}…, "
-                        f"expected {expected_sha256[:12]}…)",
-                        False,
+                        f"stalled ({transfer.received - window_bytes} bytes in {timeout:g} s,"
+                        f" expected at least {MIN_BYTES_PER_TIMEOUT})",
+                        True,
                     )
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"HTTP {exc.code}", exc.code >= 500) from None
-    except http.client.IncompleteRead as exc:
+                window_start, window_bytes = time.monotonic(), transfer.received
+    if transfer.error is not None:
+        raise download_error(transfer.error, timeout)
+    data = b"".join(transfer.chunks)
+    if transfer.expected_bytes is not None and len(data) < transfer.expected_bytes:
+        raise FetchError(f"truncated ({len(data)} of {transfer.expected_bytes} bytes)", True)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256:
         raise FetchError(
-            f"truncated ({len(exc.partial)} bytes, then the connection closed)", True
-        ) from None
-    except urllib.error.URLError as exc:
-        missing = isinstance(exc.reason, FileNotFoundError)
-        reason = "not found" if missing else f"unreachable ({exc.reason})"
-        raise FetchError(reason, not missing) from None
-    except TimeoutError:
-        raise FetchError(f"timed out after {timeout:g} s", True) from None
-    except (ConnectionError, http.client.HTTPException) as exc:
-        raise FetchError(f"connection failed ({exc})", True) from None
+            f"checksum mismatch (sha256 {digest[:12]}…, expected {expected_sha256[:12]}…)", False
+        )
+    return data
 
 
 def download_file(
@@ -120,7 +161,8 @@ def download_file(
     for mirror in mirrors:
         for attempt in range(retries + 1):
             try:
-                fetch(mirror + name, destination, expected_sha256, timeout)
+                data = fetch(mirror + name, expected_sha256, timeout, name)
+                write_bytes(destination, data)
                 return mirror
             except FetchError as failure:
                 if not failure.transient or attempt == retries:
@@ -129,13 +171,15 @@ def download_file(
                 time.sleep(retry_delay * (attempt + 1))
     if not mirrors:
         failures.append(f"no mirror configured (set download.mirrors or ${MIRROR_ENV})")
+    elif not os.environ.get(MIRROR_ENV):
+        failures.append(f"offline? set {MIRROR_ENV} to a folder or URL holding the MNIST files")
     raise PipelineError(f"could not download {name}: " + "; ".join(failures))
 
 
 def main() -> None:
     params = load_params()
     raw_dir = Path(params.paths.raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries([raw_dir])
     mirrors = mirror_urls(params.download.mirrors, os.environ.get(MIRROR_ENV))
     for name, expected_sha256 in mnist.SHA256.items():
         source = download_file(

@@ -2,17 +2,26 @@
 
 import io
 import sys
-import zipfile
 from pathlib import Path
 
+import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
+
+# isort: split
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from matplotlib.figure import Figure
 
 from stages import mnist
 from stages.errors import PipelineError, run_stage
-from stages.files import read_npz, write_bytes, write_json, write_text
+from stages.files import (
+    read_npz,
+    remove_stale_temporaries,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from stages.params import load_params
 from stages.runtime import make_deterministic
 
@@ -100,24 +109,51 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 def load_model(path: Path) -> keras.Model:
+    """The MNIST model at `path`: 28x28x1 images in, 10 class probabilities out.
+
+    Keras' safe mode refuses a model that would run code from the file (a Lambda layer).
+    """
     if not path.exists():
         raise PipelineError(f"{path}: not found (run the train stage first)")
     try:
-        return keras.models.load_model(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise PipelineError(f"{path}: not a loadable Keras model ({exc})") from None
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds for a corrupt or edited file
+        raise PipelineError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
+    side = mnist.IMAGE_SIDE
+    expected_input, expected_output = (None, side, side, 1), (None, mnist.NUM_CLASSES)
+    if tuple(model.input_shape) != expected_input:
+        raise PipelineError(
+            f"{path}: takes input of shape {tuple(model.input_shape)}, expected {expected_input}"
+            " (MNIST images)"
+        )
+    if tuple(model.output_shape) != expected_output:
+        raise PipelineError(
+            f"{path}: gives output of shape {tuple(model.output_shape)}, expected"
+            f" {expected_output} (one probability per digit)"
+        )
+    return model
 
 
 def main() -> None:
     params = load_params()
     paths, settings = params.paths, params.evaluate
+    outputs = [paths.evaluate_images, paths.predictions, paths.evaluate_metrics]
+    remove_stale_temporaries([Path(path) for path in outputs])
     make_deterministic(params.seed, params.threads)
     model = load_model(Path(paths.model))
     test = read_npz(Path(paths.test_data))
     images, actual = test["images"], test["labels"].astype(np.int64)
 
-    probabilities = model.predict(images[..., None], batch_size=settings.batch_size, verbose=0)
+    # A dataset of our own, not the array: Keras' array adapter makes TensorFlow log a
+    # spurious "NodeDef mentions attribute use_unbounded_threadpool" error line.
+    batches = tf.data.Dataset.from_tensor_slices(images[..., None]).batch(settings.batch_size)
+    probabilities = model.predict(batches, verbose=0)
     predicted = probabilities.argmax(axis=1)
     metrics = classification_metrics(actual, probabilities)
 

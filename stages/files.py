@@ -1,13 +1,15 @@
 """Reading the prepared data; writing every output atomically and byte-reproducibly.
 
 Every output is written to a temporary file beside its target and renamed into place, so an
-interrupted stage never leaves a partial file. Zip-based formats (.npz, .keras) get fixed
-timestamps so the same content always gives the same bytes, and the same hash in dvc.lock.
+interrupted stage never leaves a partial file; a killed one may leave the temporary file, which
+the stage's next run removes first. Zip-based formats (.npz, .keras) get fixed timestamps so the
+same content always gives the same bytes, and the same hash in dvc.lock.
 """
 
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -23,18 +25,85 @@ from stages.errors import PipelineError
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: Path) -> str:
+    """Temporary files for `path` are `.<name>.<random>.tmp` beside it: hidden, and findable."""
+    return f".{path.name}."
+
+
+def write_failure(path: Path, error: OSError) -> PipelineError:
+    """Disk full, read-only folder, permissions: one line that names the file."""
+    return PipelineError(f"{path}: could not write ({error.strerror or error})")
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` as the umask allows it: what open() would give a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside `path`; rename it over `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Open a temporary file beside `path`; rename it over `path` only if the block succeeds.
+
+    An OSError (disk full, read-only folder) becomes a PipelineError naming `path`.
+    """
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX
+        )
+    except OSError as error:
+        raise write_failure(path, error) from None
+    try:
+        # mkstemp makes the file private (0600); outputs are for everyone the umask allows.
+        os.chmod(temporary, umask_mode())
         with os.fdopen(handle, "wb") as file:
             yield file
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise write_failure(path, error) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def scratch_directory_beside(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path`, on the same disk (so a full disk names `path`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.mkdtemp(
+            dir=path.parent, prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX
+        )
+    except OSError as error:
+        raise write_failure(path, error) from None
+    try:
+        yield Path(scratch)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def remove_stale_temporaries(outputs: list[Path]) -> None:
+    """Delete what a killed earlier run left of these outputs' temporary files.
+
+    A folder output's own files have their temporaries inside it.
+    """
+    for output in outputs:
+        leftovers = list(output.parent.glob(f"{temporary_prefix(output)}*{TEMPORARY_SUFFIX}"))
+        if output.is_dir():
+            leftovers += output.glob(f".*{TEMPORARY_SUFFIX}")
+        for leftover in leftovers:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

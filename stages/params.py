@@ -4,12 +4,15 @@ Unknown keys, missing keys, wrong types and out-of-range values stop the stage w
 that names the key and what was expected.
 """
 
+import difflib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from stages import mnist
 from stages.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
@@ -58,6 +61,22 @@ class ModelParams(Section):
     dense_units: Annotated[list[PositiveInt], Field(min_length=1)]
     dropout: Fraction
 
+    @model_validator(mode="after")
+    def image_survives_pooling(self) -> Self:
+        """Each MaxPooling2D divides the side (rounding down): 28 must not reach 0 pixels."""
+        blocks, pool, side = len(self.conv_filters), self.pool_size, mnist.IMAGE_SIDE
+        if pool > side:
+            problem = f"{pool} is larger than the {side}x{side} image; expected at most {side}"
+        elif pool**blocks > side:
+            most = max(n for n in range(blocks) if pool**n <= side)
+            problem = (
+                f"{pool} with {blocks} conv blocks (model.conv_filters) pools the {side}x{side}"
+                f" image down to nothing; expected at most {most} conv blocks with pool_size {pool}"
+            )
+        else:
+            return self
+        raise PydanticCustomError("impossible_model", problem, {"field": "pool_size"})
+
 
 class AugmentParams(Section):
     """Random affine distortion of training images; all zero turns augmentation off."""
@@ -99,13 +118,26 @@ class Params(Section):
     evaluate: EvaluateParams
 
 
-def describe_error(error: dict, source: Path) -> str:
-    """One pydantic error as `params.yaml: train.epochs: <what is expected> (got <value>)`."""
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def dotted(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def describe_error(error: dict, source: Path, missing: list[str] = ()) -> str:
+    """One pydantic error as `params.yaml: train.epochs: <what is expected> (got <value>)`.
+
+    `missing`: the keys missing beside it, so that an unknown key can be told apart from a typo.
+    """
+    key = dotted(error)
     if error["type"] == "extra_forbidden":
-        return f"{source}: {key}: unknown key"
+        parent, _, name = key.rpartition(".")
+        siblings = [m.rpartition(".")[2] for m in missing if m.rpartition(".")[0] == parent]
+        typo_of = difflib.get_close_matches(name, siblings, n=1)
+        hint = f" (did you mean {parent + '.' if parent else ''}{typo_of[0]}?)" if typo_of else ""
+        return f"{source}: {key}: unknown key{hint}"
     if error["type"] == "missing":
         return f"{source}: {key}: missing key"
+    if error["type"] == "impossible_model":
+        return f"{source}: {key}.{error['ctx']['field']}: {error['msg']}"
     expected = error["msg"][:1].lower() + error["msg"][1:]
     return f"{source}: {key}: {expected} (got {error['input']!r})"
 
@@ -115,8 +147,14 @@ def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:
         return Params.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise PipelineError(describe_error(errors[0], source) + more) from None
+    # A typo shows as an unknown key and a missing one: name the typo first, and once.
+    unknown = [error for error in errors if error["type"] == "extra_forbidden"]
+    missing = [dotted(error) for error in errors if error["type"] == "missing"]
+    first = (unknown or errors)[0]
+    message = describe_error(first, source, missing)
+    others = len(errors) - 1 - ("did you mean" in message)
+    more = f" (and {others} more)" if others else ""
+    raise PipelineError(message + more)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

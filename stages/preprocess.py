@@ -13,7 +13,7 @@ import numpy as np
 
 from stages import mnist
 from stages.errors import PipelineError, run_stage
-from stages.files import write_npz
+from stages.files import remove_stale_temporaries, write_npz
 from stages.params import PARAMS_FILE, load_params
 
 IMAGES_MAGIC = 2051
@@ -113,16 +113,16 @@ def main() -> None:
     train_pool = load_pair(raw_dir / mnist.TRAIN_IMAGES, raw_dir / mnist.TRAIN_LABELS)
     test = load_pair(raw_dir / mnist.TEST_IMAGES, raw_dir / mnist.TEST_LABELS)
 
+    # Hold out the validation images first, then take the subsets: any max_train_images works,
+    # and the validation set depends only on the seed and validation_images.
     rng = np.random.default_rng(params.seed)
-    train_pool = subset(*train_pool, settings.max_train_images, rng)
-    test = subset(*test, settings.max_test_images, rng)
     train, validation = split_validation(*train_pool, settings.validation_images, rng)
+    train = subset(*train, settings.max_train_images, rng)
+    test = subset(*test, settings.max_test_images, rng)
 
-    for path, (images, labels) in [
-        (paths.train_data, train),
-        (paths.validation_data, validation),
-        (paths.test_data, test),
-    ]:
+    outputs = {paths.train_data: train, paths.validation_data: validation, paths.test_data: test}
+    remove_stale_temporaries([Path(path) for path in outputs])
+    for path, (images, labels) in outputs.items():
         write_npz(Path(path), {"images": images, "labels": labels})
         print(f"{path}: {len(images)} images")
 

@@ -7,10 +7,12 @@ With the default params the model is the seed notebook's: Conv2D(32) -> MaxPooli
 import json
 import math
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
+import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
+
+# isort: split
 import keras
 import numpy as np
 import pandas as pd
@@ -18,7 +20,14 @@ import tensorflow as tf
 
 from stages import mnist
 from stages.errors import run_stage
-from stages.files import read_npz, write_json, write_text, write_zip
+from stages.files import (
+    read_npz,
+    remove_stale_temporaries,
+    scratch_directory_beside,
+    write_json,
+    write_text,
+    write_zip,
+)
 from stages.params import AugmentParams, ModelParams, Params, TrainParams, load_params
 from stages.runtime import make_deterministic, use_precision
 
@@ -173,8 +182,8 @@ def renumber_shared_objects(config: object, numbers: dict[int, int] | None = Non
 def save_model(model: keras.Model, path: Path) -> None:
     """Save as .keras without what changes from run to run (save date, zip times, object ids),
     so equal weights give equal bytes and dvc.lock stays put."""
-    with tempfile.TemporaryDirectory() as scratch:
-        saved = Path(scratch) / "model.keras"
+    with scratch_directory_beside(path) as scratch:
+        saved = scratch / "model.keras"
         model.save(saved)
         with zipfile.ZipFile(saved) as archive:
             entries = {info.filename: archive.read(info) for info in archive.infolist()}
@@ -235,6 +244,8 @@ def fit_model(
 def main() -> None:
     params = load_params()
     paths = params.paths
+    outputs = [paths.model, paths.train_loss, paths.train_accuracy, paths.train_metrics]
+    remove_stale_temporaries([Path(path) for path in outputs])
     train_data = read_npz(Path(paths.train_data))
     validation_data = read_npz(Path(paths.validation_data))
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from stages.files import write_npz
 from stages.params import PARAMS_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def write_params(folder: Path, changes: dict[str, object]) -> dict:
 
 # A pipeline run that takes seconds: a subset of the real MNIST files, one small epoch.
 QUICK = {
-    "preprocess.max_train_images": 2000,
+    "preprocess.max_train_images": 1500,
     "preprocess.validation_images": 500,
     "preprocess.max_test_images": 1000,
     "train.epochs": 1,
@@ -130,16 +132,33 @@ def copy_project(target: Path) -> None:
         shutil.copy2(PROJECT_ROOT / name, target / name)
 
 
-def run_stage_cli(stage: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable."""
+def run_stage_cli(
+    stage: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable.
+
+    `timeout` only guards the test suite against a stage that hangs.
+    """
     return subprocess.run(
         [sys.executable, "-m", f"stages.{stage}"],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def write_tiny_data(folder: Path, params: dict, count: int = 96) -> None:
+    rng = np.random.default_rng(7)
+    for key in ("train_data", "validation_data", "test_data"):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        # Images that carry their label, so a tiny model can learn something.
+        images = np.zeros((count, 28, 28), np.uint8)
+        images[np.arange(count), 2 * labels + 4, 4:24] = 255
+        path = folder / params["paths"][key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(path, {"images": images, "labels": labels})
 
 
 def idx_images(images: np.ndarray) -> bytes:
@@ -164,6 +183,7 @@ class FileServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncated: set[str] = set()  # announce the full length, send half, hang up
+        self.trickled: dict[str, str] = {}  # path -> "body" | "headers": one byte every 0.5 s
         self.requests: Counter[str] = Counter()
         server = self
 
@@ -171,6 +191,9 @@ class FileServer:
             def do_GET(self) -> None:
                 server.requests[self.path] += 1
                 body = server.files.get(self.path)
+                if self.path in server.trickled:
+                    self.trickle(body, server.trickled[self.path])
+                    return
                 if body is None:
                     self.send_error(404)
                     return
@@ -182,13 +205,32 @@ class FileServer:
                     self.close_connection = True
                 self.wfile.write(body)
 
+            def trickle(self, body: bytes, stage: str) -> None:
+                """A stalled server: one byte every 0.5 s, of the headers or of the body."""
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                if stage == "body":
+                    self.wfile.write(head)
+                    head = b""
+                self.close_connection = True
+                for byte in (head + body)[:120]:  # a minute at most
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                    time.sleep(0.5)
+
             def log_message(self, *args: object) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
-    def serve(self, path: str, body: bytes, truncated: bool = False) -> None:
+    def serve(
+        self, path: str, body: bytes, truncated: bool = False, trickled: str | None = None
+    ) -> None:
         self.files[path] = body
         if truncated:
             self.truncated.add(path)
+        if trickled:
+            self.trickled[path] = trickled

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.download import download_file, mirror_urls
+from stages import mnist
+from stages.download import MIRROR_ENV, download_file, mirror_urls
 from stages.errors import PipelineError
+from tests.helpers import run_stage_cli, write_params
 
 NAME = "t10k-labels-idx1-ubyte.gz"
 PAYLOAD = bytes(range(256)) * 40
@@ -111,3 +113,35 @@ def test_environment_mirror_comes_first(tmp_path):
         "https://example.org/mnist/",
     ]
     assert mirror_urls(["https://example.org/mnist/"], None) == ["https://example.org/mnist/"]
+
+
+def test_offline_failure_points_to_the_mirror_variable(tmp_path, closed_port_url, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    with pytest.raises(PipelineError) as error:
+        fetch_into(tmp_path, [closed_port_url])
+    assert str(error.value).endswith(
+        f"offline? set {MIRROR_ENV} to a folder or URL holding the MNIST files"
+    )
+
+
+@pytest.mark.parametrize("stalls_in", ["headers", "body"])
+def test_a_stalled_server_cannot_hold_the_download(tmp_path, file_server, stalls_in):
+    """A server sending one byte every 0.5 s: given up after timeout_seconds, named, nothing
+    left behind. (The subprocess timeout only keeps a hanging stage from hanging the suite.)"""
+    name = mnist.TRAIN_IMAGES
+    file_server.serve(f"/{name}", b"x" * 100_000, trickled=stalls_in)
+    write_params(
+        tmp_path,
+        {
+            "download.mirrors": [file_server.url],
+            "download.timeout_seconds": 2,
+            "download.retries": 0,
+        },
+    )
+    result = run_stage_cli("download", tmp_path, env={MIRROR_ENV: ""}, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: could not download {name}: {file_server.url}: stalled ("
+    )
+    assert "Traceback" not in result.stderr
+    assert leftovers(tmp_path / "data/raw") == []

@@ -1,18 +1,29 @@
 """A user's mistake, seen from the command line: one line on stderr, exit 1, no traceback,
 no output written."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
 from stages.params import PARAMS_FILE
-from tests.helpers import TINY_MODEL, params_with, run_stage_cli, write_params
+from tests.helpers import (
+    PROJECT_ROOT,
+    TINY_MODEL,
+    params_with,
+    run_stage_cli,
+    write_params,
+    write_tiny_data,
+)
 
 
 def error_line(result) -> str:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    # TensorFlow may log its own start-up lines first; ours is the last.
-    return result.stderr.strip().splitlines()[-1]
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    return result.stderr.strip()
 
 
 def test_bad_param_stops_the_stage_before_any_work(tmp_path):
@@ -68,3 +79,33 @@ def test_corrupt_input_is_named(tmp_path, stage, path, message):
     (tmp_path / path).parent.mkdir(parents=True)
     (tmp_path / path).write_bytes(b"PK\x03\x04 this is not a zip archive")
     assert error_line(run_stage_cli(stage, tmp_path)).startswith(f"error: {path}: {message} (")
+
+
+def test_tensorflow_start_up_log_is_filtered_and_other_lines_pass(tmp_path):
+    """What C++ code writes to stderr goes through the filter: known start-up lines are
+    dropped, anything else (a real error) still shows."""
+    script = (
+        "import os, re\n"
+        "from stages.quiet_tensorflow import STARTUP_NOISE, native_stderr_filtered\n"
+        "with native_stderr_filtered(STARTUP_NOISE):\n"
+        "    os.write(2, b'I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\\n')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\n"
+
+
+def test_a_tensorflow_stage_prints_only_its_own_lines(tmp_path):
+    params = write_params(tmp_path, TINY_MODEL)
+    write_tiny_data(tmp_path, params)
+    result = run_stage_cli("train", tmp_path)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "cuda" not in result.stdout.lower()

@@ -82,3 +82,21 @@ def test_threads_is_a_count_of_threads(raw_params):
     assert str(error.value) == (
         "params.yaml: threads: input should be greater than or equal to 0 (got -1)"
     )
+
+
+def test_a_typo_names_the_typo_not_the_key_it_hides(raw_params):
+    """The README's example: a misspelt key is both unknown and leaves the real one missing."""
+    raw_params["train"]["learnig_rate"] = raw_params["train"].pop("learning_rate")
+    with pytest.raises(PipelineError) as error:
+        parse_params(raw_params)
+    assert str(error.value) == (
+        "params.yaml: train.learnig_rate: unknown key (did you mean train.learning_rate?)"
+    )
+
+
+def test_unknown_keys_come_before_missing_ones(raw_params):
+    del raw_params["train"]["epochs"]
+    raw_params["evaluate"]["colour"] = "red"
+    with pytest.raises(PipelineError) as error:
+        parse_params(raw_params)
+    assert str(error.value) == "params.yaml: evaluate.colour: unknown key (and 1 more)"

@@ -1,13 +1,11 @@
 import json
 import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages.files import write_npz
 from stages.runtime import cpu_flags, resolve_precision
 from stages.train import (
     CURVE_COLUMNS,
@@ -15,7 +13,7 @@ from stages.train import (
     random_affine,
     renumber_shared_objects,
 )
-from tests.helpers import TINY_MODEL, run_stage_cli, write_params
+from tests.helpers import TINY_MODEL, run_stage_cli, write_params, write_tiny_data
 
 
 def test_default_model_is_the_seed_notebooks(default_params):
@@ -74,18 +72,6 @@ def test_shared_object_ids_are_renumbered_in_order():
         "a": {"shared_object_id": 0},
         "b": [{"shared_object_id": 1}, {"shared_object_id": 0}],
     }
-
-
-def write_tiny_data(folder: Path, params: dict, count: int = 96) -> None:
-    rng = np.random.default_rng(7)
-    for key in ("train_data", "validation_data", "test_data"):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        # Images that carry their label, so a tiny model can learn something.
-        images = np.zeros((count, 28, 28), np.uint8)
-        images[np.arange(count), 2 * labels + 4, 4:24] = 255
-        path = folder / params["paths"][key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_npz(path, {"images": images, "labels": labels})
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])

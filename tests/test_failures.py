@@ -1,0 +1,266 @@
+"""Faults of the environment and of what the user hands a stage, through the command line: one
+line naming the file, key or value, a non-zero exit, no traceback, nothing partial left."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages.download import MIRROR_ENV
+from stages.params import parse_params
+from stages.train import build_model, save_model
+from tests.helpers import (
+    PROJECT_ROOT,
+    TINY_MODEL,
+    idx_images,
+    idx_labels,
+    run_stage_cli,
+    write_gz,
+    write_params,
+    write_tiny_data,
+)
+
+
+def error_line(result: subprocess.CompletedProcess, status: int = 1) -> str:
+    """The stage's only stderr line, after checking the exit status."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.tmp"))
+
+
+def mount_tmpfs(folder: Path, options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A real file system with 64 KiB of room: writing more fails with ENOSPC."""
+    folder = tmp_path / "full"
+    mount_tmpfs(folder, "size=64k")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Iterator[Path]:
+    """A folder nobody may write to: read-only by its mode, or (for root, whom modes do not
+    stop) a read-only file system."""
+    folder = tmp_path / "read-only"
+    if os.geteuid() == 0:
+        mount_tmpfs(folder, "ro,size=64k")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+def write_raw_mnist(folder: Path, count: int = 200) -> None:
+    """Small but valid IDX files under the names the download stage gives them."""
+    raw = folder / "data/raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = np.arange(count) % 10
+    for prefix in ("train", "t10k"):
+        write_gz(raw / f"{prefix}-images-idx3-ubyte.gz", idx_images(images))
+        write_gz(raw / f"{prefix}-labels-idx1-ubyte.gz", idx_labels(labels))
+
+
+def test_disk_full_while_writing_prepared_data(tmp_path, full_disk):
+    write_params(
+        tmp_path,
+        {"preprocess.validation_images": 20, "paths.train_data": "full/train.npz"},
+    )
+    # Random pixels do not compress: 180 training images are about 140 KiB, over the 64 KiB.
+    write_raw_mnist(tmp_path)
+    result = run_stage_cli("preprocess", tmp_path)
+    assert error_line(result) == "error: full/train.npz: could not write (No space left on device)"
+    assert list(full_disk.iterdir()) == []
+
+
+def test_disk_full_while_saving_the_model(tmp_path, full_disk):
+    params = write_params(tmp_path, {**TINY_MODEL, "paths.model": "full/model.keras"})
+    write_tiny_data(tmp_path, params)
+    result = run_stage_cli("train", tmp_path)
+    assert (
+        error_line(result) == "error: full/model.keras: could not write (No space left on device)"
+    )
+    assert list(full_disk.iterdir()) == []
+    assert not (tmp_path / params["paths"]["train_metrics"]).exists()
+
+
+def test_read_only_output_folder(tmp_path, read_only_folder):
+    write_params(
+        tmp_path, {"preprocess.validation_images": 20, "paths.test_data": "read-only/test.npz"}
+    )
+    write_raw_mnist(tmp_path, count=40)
+    message = error_line(run_stage_cli("preprocess", tmp_path))
+    assert message.startswith("error: read-only/test.npz: could not write (")
+    assert message.endswith(("Read-only file system)", "Permission denied)"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"model.pool_size": 30},
+            "model.pool_size: 30 is larger than the 28x28 image; expected at most 28",
+        ),
+        (
+            {"model.conv_filters": [8] * 6},
+            "model.pool_size: 2 with 6 conv blocks (model.conv_filters) pools the 28x28 image"
+            " down to nothing; expected at most 4 conv blocks with pool_size 2",
+        ),
+    ],
+)
+def test_impossible_model_is_refused_before_any_work(tmp_path, changes, message):
+    write_params(tmp_path, {**TINY_MODEL, **changes})
+    assert error_line(run_stage_cli("train", tmp_path)) == f"error: params.yaml: {message}"
+    assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]
+
+
+def test_the_largest_possible_model_trains(tmp_path):
+    """The bound is tight: four blocks of pool_size 2 (28 -> 1 pixel) are accepted and train."""
+    params = write_params(tmp_path, {**TINY_MODEL, "model.conv_filters": [4, 4, 4, 4]})
+    write_tiny_data(tmp_path, params, count=16)
+    result = run_stage_cli("train", tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def save_evaluate_inputs(folder: Path, model: keras.Model) -> dict:
+    params = write_params(folder, TINY_MODEL)
+    write_tiny_data(folder, params, count=8)
+    save_model(model, folder / params["paths"]["model"])
+    return params
+
+
+@pytest.mark.parametrize(
+    ("layers", "problem"),
+    [
+        (
+            [keras.Input((32, 32, 1)), keras.layers.Flatten(), keras.layers.Dense(10)],
+            "takes input of shape (None, 32, 32, 1), expected (None, 28, 28, 1) (MNIST images)",
+        ),
+        (
+            [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(5)],
+            "gives output of shape (None, 5), expected (None, 10) (one probability per digit)",
+        ),
+    ],
+)
+def test_model_of_the_wrong_shape(tmp_path, layers, problem):
+    save_evaluate_inputs(tmp_path, keras.Sequential(layers))
+    result = run_stage_cli("evaluate", tmp_path)
+    assert error_line(result) == f"error: models/model.keras: {problem}"
+    assert not (tmp_path / "metrics").exists()
+
+
+def rewrite_config(path: Path, edit) -> None:
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries["config.json"] = json.dumps(edit(json.loads(entries["config.json"]))).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def test_edited_model_config(tmp_path):
+    model = build_model(parse_params(write_params(tmp_path, TINY_MODEL)).model)
+    params = save_evaluate_inputs(tmp_path, model)
+
+    def break_a_layer(config: dict) -> dict:
+        config["config"]["layers"][2]["config"]["filters"] = "four"
+        return config
+
+    rewrite_config(tmp_path / params["paths"]["model"], break_a_layer)
+    message = error_line(run_stage_cli("evaluate", tmp_path))
+    assert message.startswith("error: models/model.keras: not a loadable Keras model (")
+
+
+def test_unsafe_model_is_not_loaded(tmp_path):
+    """A Lambda layer would run code from the file: Keras' safe mode refuses it."""
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Lambda(lambda x: x[:, :10])]
+    )
+    save_evaluate_inputs(tmp_path, model)
+    message = error_line(run_stage_cli("evaluate", tmp_path))
+    assert message.startswith("error: models/model.keras: not a loadable Keras model (ValueError: ")
+    assert "lambda" in message.lower()
+
+
+def test_ctrl_c_stops_training_in_one_line(tmp_path):
+    params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 1000})
+    write_tiny_data(tmp_path, params)
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in stage.stdout:  # wait until it is training
+        if line.startswith("Epoch 2/"):
+            break
+    stage.send_signal(signal.SIGINT)
+    _, stderr = stage.communicate(timeout=60)
+    assert stage.returncode == 130
+    assert stderr == "interrupted\n"
+    assert not (tmp_path / params["paths"]["model"]).exists()
+    assert temporaries(tmp_path) == []
+
+
+def test_outputs_get_the_mode_the_umask_gives(tmp_path):
+    write_params(tmp_path, {"preprocess.validation_images": 20})
+    write_raw_mnist(tmp_path, count=40)
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.preprocess"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            capture_output=True,
+            preexec_fn=lambda umask=umask: os.umask(umask),
+        )
+        assert result.returncode == 0, result.stderr
+        for output in (tmp_path / "data/prepared").iterdir():
+            assert output.stat().st_mode & 0o777 == mode, (output, oct(umask))
+
+
+def test_stale_temporaries_are_removed_before_a_stage_runs(tmp_path, mnist_dir):
+    """What a killed run left (a temporary file, a scratch folder) is gone after the next."""
+    write_params(tmp_path, {"preprocess.validation_images": 20})
+    stale = [
+        tmp_path / "data/raw/.t10k-images-idx3-ubyte.gz.k2j4x9.tmp",
+        tmp_path / "data/prepared/.train.npz.a8f3.tmp",
+        tmp_path / "models/.model.keras.zz01.tmp/model.keras",
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    assert run_stage_cli("download", tmp_path, env={MIRROR_ENV: str(mnist_dir)}).returncode == 0
+    assert run_stage_cli("preprocess", tmp_path).returncode == 0
+    assert temporaries(tmp_path / "data") == []
+    write_tiny_data(tmp_path, write_params(tmp_path, TINY_MODEL))
+    assert run_stage_cli("train", tmp_path).returncode == 0
+    assert temporaries(tmp_path) == []
