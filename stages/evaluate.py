@@ -1,6 +1,7 @@
 """Stage 4: score the model on the test set; write metrics, the confusion data and images."""
 
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -109,9 +110,17 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+def load_failure(error: BaseException) -> str:
+    """Why Keras could not load a model, in one line: the innermost error of the chain Keras
+    raises (the outer ones say only "could not be deserialized"), and which layer it was in."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) and inner not in chain:
+        chain.append(inner)
+    layers = [re.search(r"deserializing class '(\w+)'", str(link)) for link in chain]
+    layer = next((found[1] for found in layers if found), None)
+    lines = str(chain[-1]).strip().splitlines()
+    reason = f"{type(chain[-1]).__name__}: {lines[0] if lines else ''}"
+    return f"in a {layer} layer: {reason}" if layer else reason
 
 
 def load_model(path: Path) -> keras.Model:
@@ -124,7 +133,7 @@ def load_model(path: Path) -> keras.Model:
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many kinds for a corrupt or edited file
-        raise PipelineError(f"{path}: not a loadable Keras model ({first_line(error)})") from None
+        raise PipelineError(f"{path}: not a loadable Keras model ({load_failure(error)})") from None
     side = mnist.IMAGE_SIDE
     expected_input, expected_output = (None, side, side, 1), (None, mnist.NUM_CLASSES)
     if tuple(model.input_shape) != expected_input:

@@ -2,10 +2,16 @@
 on a small subset of the real MNIST files and one epoch."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import STAGES, Repo, copy_project
+from tests.helpers import PROJECT_ROOT, STAGES, Repo, copy_project
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
 PLOTS = {
@@ -109,3 +115,75 @@ def test_queued_sweep_runs_experiments_side_by_side(repo):
     )
     assert "train.epochs" in compact and "accuracy" in compact
     assert not any(column in compact for column in ("per_class", "Created", "models/"))
+
+
+def readme_command(prefix: str) -> list[str]:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    return shlex.split(next(line for line in readme.splitlines() if line.startswith(prefix)))
+
+
+def test_readme_quick_experiment(repo):
+    """The README's quick run, with the default 5,000 validation images: 2,000 training images
+    are what is left to train on after the hold-out."""
+    repo.set_params({"preprocess.validation_images": 5000})
+    command = readme_command("dvc exp run -S preprocess.max_train_images=2000")
+    output = repo.dvc(*command[1:])
+    assert "data/prepared/train.npz: 2000 images" in output
+    assert "data/prepared/validation.npz: 5000 images" in output
+    rows = json.loads(repo.dvc("exp", "show", "--json"))
+    experiments = [e for row in rows for e in row.get("experiments") or []]
+    assert len(experiments) == 1
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["preprocess"]["max_train_images"] == 2000
+    assert 0.1 < data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
+
+
+def child_processes(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `pid`."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = (int(fields[1]), command)
+    below, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [(p, c) for p, (ppid, c) in parents.items() if ppid == parent]
+        below += children
+        frontier += [p for p, _ in children]
+    return below
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the stage's process in /proc")
+def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(repo):
+    """SIGKILL, which no code can catch, to the train stage in the middle of an epoch; then
+    `dvc repro`: the same bytes as an uninterrupted run, and no temporary file anywhere."""
+    repo.set_params({"train.epochs": 3})
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo.root,
+        env={**repo.env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in repro.stdout:
+        if line.startswith("Epoch 2/3"):  # epoch 1 is done, epoch 2 has begun
+            break
+    train = [pid for pid, command in child_processes(repro.pid) if "stages.train" in command]
+    assert train, "the train stage is not running"
+    for pid in train:
+        os.kill(pid, signal.SIGKILL)
+    output, _ = repro.communicate(timeout=300)
+    assert repro.returncode != 0, output
+    assert not (repo.root / "models/model.keras").exists()
+
+    assert repo.repro() == ["train", "evaluate"]
+    resumed = repo.results() | {"model": repo.read("models/model.keras")}
+    assert sorted(repo.root.rglob("*.tmp")) == []
+
+    assert repo.repro("-f") == STAGES  # uninterrupted, from scratch
+    assert repo.results() | {"model": repo.read("models/model.keras")} == resumed

@@ -1,0 +1,52 @@
+"""CI: the virtual environment holds exactly what requirements.txt locks for this platform.
+
+Every `name==version ; marker` line whose marker holds here must be installed at that version,
+and nothing else may be (pip, which makes the environment, aside).
+"""
+
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name
+
+PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(?:;([^\\]*))?")
+
+
+def locked(lock: Path) -> dict[str, str]:
+    pins = {}
+    for line in lock.read_text().splitlines():
+        match = PINNED.match(line)
+        if match and (not match[3] or Marker(match[3].strip()).evaluate()):
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def installed() -> dict[str, str]:
+    found = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    found.pop("pip", None)
+    return found
+
+
+def main() -> int:
+    lock, environment = locked(Path("requirements.txt")), installed()
+    problems = [
+        f"{name}: locked {version}, installed {environment.get(name, 'nothing')}"
+        for name, version in sorted(lock.items())
+        if environment.get(name) != version
+    ] + [
+        f"{name}=={version}: installed, not in the lock"
+        for name, version in sorted(environment.items())
+        if name not in lock
+    ]
+    for problem in problems:
+        print(f"error: requirements.txt: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"the environment is the lock: {len(lock)} packages")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
