@@ -165,4 +165,8 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())
         raise PipelineError(f"{path}: not valid YAML: {reason}") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:  # a folder, no permission
+        raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return parse_params(data, path)

@@ -102,10 +102,21 @@ def test_tensorflow_start_up_log_is_filtered_and_other_lines_pass(tmp_path):
     assert result.stderr == "E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\n"
 
 
-def test_a_tensorflow_stage_prints_only_its_own_lines(tmp_path):
+@pytest.mark.parametrize("folder_as_params", [False, True])
+def test_unreadable_params_file(tmp_path, folder_as_params):
+    if folder_as_params:
+        (tmp_path / PARAMS_FILE).mkdir()
+    else:
+        (tmp_path / PARAMS_FILE).write_bytes(b"\xff\xfe not UTF-8")
+    message = error_line(run_stage_cli("download", tmp_path))
+    assert message.startswith("error: params.yaml: ")
+
+
+def test_tensorflow_stages_print_only_their_own_lines(tmp_path):
     params = write_params(tmp_path, TINY_MODEL)
     write_tiny_data(tmp_path, params)
-    result = run_stage_cli("train", tmp_path)
-    assert result.returncode == 0
-    assert result.stderr == ""
-    assert "cuda" not in result.stdout.lower()
+    for stage in ("train", "evaluate"):
+        result = run_stage_cli(stage, tmp_path)
+        assert result.returncode == 0
+        assert result.stderr == "", stage
+        assert "cuda" not in result.stdout.lower()
