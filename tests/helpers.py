@@ -133,14 +133,18 @@ def copy_project(target: Path) -> None:
 
 
 def run_stage_cli(
-    stage: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+    stage: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    arguments: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable.
 
     `timeout` only guards the test suite against a stage that hangs.
     """
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}"],
+        [sys.executable, "-m", f"stages.{stage}", *arguments],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
         capture_output=True,

@@ -3,6 +3,7 @@ on a small subset of the real MNIST files and one epoch."""
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import browser
 from tests.helpers import PROJECT_ROOT, STAGES, Repo, copy_project
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
@@ -65,13 +67,48 @@ def test_pipeline_end_to_end(repo):
                 {"text": title, "anchor": "middle"},
             )
     repo.dvc("plots", "show", "-o", "shown")
-    assert (repo.root / "shown/index.html").exists()
     repo.dvc("plots", "diff", "HEAD", "-o", "compared")
-    assert "Confusion matrix" in (repo.root / "compared/index.html").read_text()
+    check_pages_render_offline(repo)
+    check_report(repo, before, repo.root / "metrics/evaluate.json")
 
     published = repo.results()
     assert repo.repro("-f") == STAGES
     assert repo.results() == published
+
+
+def check_report(repo: Repo, before: dict, metrics: Path) -> None:
+    """The pull-request report of the change (epochs 1 -> 2) against HEAD: the real params
+    change and accuracy delta, and every picture it shows is a PNG file beside it."""
+    after = json.loads(metrics.read_text())
+    repo.run(sys.executable, "-m", "stages.report", "--base", "HEAD", "-o", "review/report.md")
+    text = (repo.root / "review/report.md").read_text()
+    assert "| `train.epochs` | 1 | 2 |" in text
+    old, new = before["accuracy"] * 100, after["accuracy"] * 100
+    assert f"| test accuracy | {old:.2f} % | {new:.2f} % | {new - old:+.2f} pt |" in text
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    # Loss, accuracy and the confusion matrices, then the misclassified digits of each revision.
+    assert len(pictures) == 3 + 2
+    for picture in pictures:
+        assert (repo.root / "review" / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def check_pages_render_offline(repo: Repo) -> None:
+    """The pages `dvc plots show` and `dvc plots diff` wrote, in Chromium with no network:
+    every Vega plot drew its marks, every image loaded. DVC's own page, which loads Vega from
+    a CDN, draws none: what the project's template is for."""
+    vega_plots = 3  # loss, accuracy, confusion matrix
+    for page, images in (("shown/index.html", 3), ("compared/index.html", 6)):
+        seen = browser.render(repo.root / page)
+        assert len(seen["plots"]) == vega_plots, page
+        assert all(plot["marks"] > 0 for plot in seen["plots"]), (page, seen["plots"])
+        assert len(seen["images"]) == images and all(i["loaded"] for i in seen["images"]), page
+
+    repo.dvc("config", "--unset", "plots.html_template")
+    repo.dvc("plots", "show", "-o", "default")
+    repo.run("git", "checkout", ".dvc/config")
+    seen = browser.render(repo.root / "default/index.html")
+    assert len(seen["plots"]) == vega_plots
+    assert all(plot["marks"] == 0 for plot in seen["plots"])
 
 
 def test_run_cache_restores_every_stage(repo):

@@ -1,0 +1,219 @@
+"""A Markdown report of what a change did against a base revision, for a pull request.
+
+    python -m stages.report --base main -o report.md
+
+compares the workspace (in CI: the pull request's head, with its committed results) with
+`--base`: the params that changed (`dvc params diff`), the test metrics with their deltas
+(`dvc metrics diff`), and the plots as PNG files in a folder beside the report
+(`report_files/` for `report.md`): the loss and accuracy curves of both revisions, both
+confusion matrices, drawn offline from DVC's own plot specs (`dvc plots diff --json`) with
+vl-convert, and both revisions' misclassified digits. Needs no terminal and no network.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import vl_convert
+
+from stages.errors import PipelineError, run_stage
+from stages.files import scratch_directory_beside, write_bytes, write_text
+from stages.offline_plots import VEGA_LITE_VERSION
+from stages.params import load_params
+
+# (key in metrics/evaluate.json, name in the report, shown as a percentage)
+# The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
+# not change): file stem -> heading.
+REPORTED_IMAGES = {"misclassified": "Misclassified test digits"}
+HEADLINE_METRICS = [
+    ("accuracy", "test accuracy", True),
+    ("loss", "test loss", False),
+    ("macro_f1", "macro F1", True),
+]
+
+
+def run(command: list[str], what: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise PipelineError(f"{what}: {lines[-1] if lines else 'failed'}")
+    return result.stdout
+
+
+def dvc_json(*arguments: str) -> dict:
+    output = run([sys.executable, "-m", "dvc", *arguments, "--json"], f"dvc {arguments[0]}")
+    return json.loads(output or "{}")
+
+
+def resolve_base(base: str, metrics_path: str) -> str:
+    """The base's commit id; it must exist and hold committed metrics."""
+    inside = subprocess.run(
+        ["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
+    )
+    if inside.returncode != 0:
+        raise PipelineError("not in a git repository: the report compares git revisions")
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise PipelineError(f"--base {base}: unknown revision")
+    commit = found.stdout.strip()
+    has_metrics = subprocess.run(
+        ["git", "cat-file", "-e", f"{commit}:{metrics_path}"], capture_output=True
+    )
+    if has_metrics.returncode != 0:
+        raise PipelineError(
+            f"--base {base}: has no {metrics_path} (run the pipeline and commit its results there)"
+        )
+    return commit
+
+
+def value(number: float | None, percent: bool) -> str:
+    if number is None:
+        return "–"
+    return f"{number * 100:.2f} %" if percent else f"{number:.4f}"
+
+
+def delta(number: float | None, percent: bool) -> str:
+    if number is None:
+        return "–"
+    return f"{number * 100:+.2f} pt" if percent else f"{number:+.4f}"
+
+
+def params_section(diff: dict) -> list[str]:
+    changed = {key: change for file in diff.values() for key, change in file.items()}
+    if not changed:
+        return ["No params changed."]
+    rows = ["| param | base | this change |", "|---|---|---|"]
+    for key, change in sorted(changed.items()):
+        rows.append(f"| `{key}` | {change.get('old')} | {change.get('new')} |")
+    return rows
+
+
+def metrics_section(diff: dict, metrics_path: str) -> list[str]:
+    """The headline metrics, then the per-class F1 that moved most."""
+    metrics = diff.get(metrics_path, {})
+    rows = ["| metric | base | this change | change |", "|---|---|---|---|"]
+    for key, name, percent in HEADLINE_METRICS:
+        entry = metrics.get(key, {})
+        old, new = entry.get("old"), entry.get("new")
+        change = new - old if old is not None and new is not None else None
+        rows.append(
+            f"| {name} | {value(old, percent)} | {value(new, percent)} | {delta(change, percent)} |"
+        )
+    per_class = {
+        key.split(".")[1]: entry
+        for key, entry in metrics.items()
+        if key.startswith("per_class.") and key.endswith(".f1")
+    }
+    moved = [
+        (abs(entry["new"] - entry["old"]), digit, entry)
+        for digit, entry in per_class.items()
+        if entry.get("old") is not None and entry.get("new") is not None
+    ]
+    if moved:
+        _, digit, entry = max(moved)
+        change = entry["new"] - entry["old"]
+        rows.append(
+            f"| F1 of digit {digit} (moved most) | {value(entry['old'], True)} |"
+            f" {value(entry['new'], True)} | {delta(change, True)} |"
+        )
+    return rows
+
+
+def render_plots(plots: dict, folder: Path, base: str) -> tuple[list, dict]:
+    """Draw what `dvc plots diff --json` gives into `folder`.
+
+    Returns the Vega plots as (title, PNG name), in DVC's order, and the image plots shown in
+    the report as {name: {"base": file name, "change": file name}}.
+    """
+    curves, images = [], {}
+    for plot_id, views in plots.items():
+        stem = Path(plot_id).stem
+        for view in views:
+            if view["type"] == "vega":
+                spec = view["content"]
+                title = spec.get("title", stem)
+                title = title.get("text", stem) if isinstance(title, dict) else title
+                png = vl_convert.vegalite_to_png(spec, vl_version=VEGA_LITE_VERSION)
+                write_bytes(folder / f"{stem}.png", png)
+                curves.append((title, f"{stem}.png"))
+            elif view["type"] == "image" and stem in REPORTED_IMAGES:
+                side = "base" if view["revisions"] == [base] else "change"
+                name = f"{stem}_{side}{Path(view['url']).suffix}"
+                shutil.copyfile(view["url"], folder / name)
+                images.setdefault(stem, {})[side] = name
+    return curves, images
+
+
+def report(
+    base: str,
+    base_commit: str,
+    params: list[str],
+    metrics: list[str],
+    plots: tuple[list, dict],
+    folder: str,
+) -> str:
+    curves, images = plots
+    lines = [
+        f"# What this change did, against `{base}` ({base_commit[:8]})",
+        "",
+        "## Params",
+        "",
+        *params,
+        "",
+        "## Test metrics",
+        "",
+        *metrics,
+        "",
+        "## Plots",
+        "",
+        "Curves: one line style per revision (`workspace` is this change);"
+        " the confusion matrices side by side.",
+        "",
+    ]
+    for title, name in curves:
+        lines += [f"### {title}", "", f"![{title}]({folder}/{name})", ""]
+    for stem, sides in images.items():
+        cells = [f"![{stem}, {side}]({folder}/{sides[side]})" for side in ("base", "change")]
+        lines += [f"### {REPORTED_IMAGES[stem]}", ""]
+        lines += [f"| base: `{base}` | this change |", "|---|---|", f"| {' | '.join(cells)} |", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the revision to compare with, e.g. main")
+    parser.add_argument("-o", "--output", type=Path, default=Path("report.md"))
+    arguments = parser.parse_args()
+    output: Path = arguments.output
+    files_dir = output.with_name(f"{output.stem}_files")
+
+    paths = load_params().paths
+    commit = resolve_base(arguments.base, paths.evaluate_metrics)
+    base = arguments.base
+    params = params_section(dvc_json("params", "diff", base))
+    metrics = metrics_section(dvc_json("metrics", "diff", base, "--all"), paths.evaluate_metrics)
+
+    # Everything is made in a scratch folder; only a complete report is moved into place.
+    with scratch_directory_beside(output) as scratch:
+        pages = scratch / "dvc_plots"
+        plots = dvc_json("plots", "diff", base, "-o", str(pages)).get("data", {})
+        images = scratch / "images"
+        images.mkdir()
+        rendered = render_plots(plots, images, base)
+        text = report(base, commit, params, metrics, rendered, files_dir.name)
+        count = len(list(images.iterdir()))
+        shutil.rmtree(files_dir, ignore_errors=True)
+        images.rename(files_dir)
+    write_text(output, text + "\n")
+    print(f"{output}: {count} pictures in {files_dir}/")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,0 +1,56 @@
+"""The pull-request report's refusals, through the command line: one line, exit 1, and no
+report or image folder left behind. (A complete report is checked end to end, in
+test_pipeline.py.)"""
+
+import subprocess
+
+import pytest
+
+from tests.helpers import params_with, run_stage_cli, write_params
+
+
+def report(folder, *arguments: str) -> subprocess.CompletedProcess:
+    return run_stage_cli("report", folder, arguments=("-o", "report.md", *arguments))
+
+
+def git(folder, *arguments: str) -> None:
+    subprocess.run(["git", *arguments], cwd=folder, check=True, capture_output=True)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A git repository with params.yaml committed, and no results."""
+    write_params(tmp_path, {})
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "params")
+    return tmp_path
+
+
+def refused(result: subprocess.CompletedProcess, folder) -> str:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert not (folder / "report.md").exists() and not (folder / "report_files").exists()
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_outside_a_git_repository(tmp_path):
+    write_params(tmp_path, {})
+    assert refused(report(tmp_path, "--base", "main"), tmp_path) == (
+        "error: not in a git repository: the report compares git revisions"
+    )
+
+
+def test_unknown_base_revision(project):
+    assert refused(report(project, "--base", "no-such-branch"), project) == (
+        "error: --base no-such-branch: unknown revision"
+    )
+
+
+def test_base_without_metrics(project):
+    metrics = params_with({})["paths"]["evaluate_metrics"]
+    assert refused(report(project, "--base", "HEAD"), project) == (
+        f"error: --base HEAD: has no {metrics} (run the pipeline and commit its results there)"
+    )
