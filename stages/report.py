@@ -173,7 +173,7 @@ def report(
         "",
         "## Plots",
         "",
-        "Curves: one line style per revision (`workspace` is this change);"
+        "Curves: one line style and point shape per revision (`workspace` is this change);"
         " the confusion matrices side by side.",
         "",
     ]

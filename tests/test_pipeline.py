@@ -77,11 +77,14 @@ def test_pipeline_end_to_end(repo):
 
 
 def check_report(repo: Repo, before: dict, metrics: Path) -> None:
-    """The pull-request report of the change (epochs 1 -> 2) against HEAD: the real params
-    change and accuracy delta, and every picture it shows is a PNG file beside it."""
+    """The README's report command on the change (epochs 1 -> 2) against the last commit: the
+    real params change and accuracy delta, and every picture it shows is a PNG file beside
+    it."""
     after = json.loads(metrics.read_text())
-    repo.run(sys.executable, "-m", "stages.report", "--base", "HEAD", "-o", "review/report.md")
-    text = (repo.root / "review/report.md").read_text()
+    repo.run("git", "branch", "-f", "main", "HEAD", check=False)  # unless main is checked out
+    _, *arguments = readme_command("python -m stages.report ")
+    repo.run(sys.executable, *arguments)
+    text = (repo.root / "report.md").read_text()
     assert "| `train.epochs` | 1 | 2 |" in text
     old, new = before["accuracy"] * 100, after["accuracy"] * 100
     assert f"| test accuracy | {old:.2f} % | {new:.2f} % | {new - old:+.2f} pt |" in text
@@ -89,7 +92,7 @@ def check_report(repo: Repo, before: dict, metrics: Path) -> None:
     # Loss, accuracy and the confusion matrices, then the misclassified digits of each revision.
     assert len(pictures) == 3 + 2
     for picture in pictures:
-        assert (repo.root / "review" / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert (repo.root / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def check_pages_render_offline(repo: Repo) -> None:
@@ -156,7 +159,8 @@ def test_queued_sweep_runs_experiments_side_by_side(repo):
 
 def readme_command(prefix: str) -> list[str]:
     readme = (PROJECT_ROOT / "README.md").read_text()
-    return shlex.split(next(line for line in readme.splitlines() if line.startswith(prefix)))
+    line = next(line for line in readme.splitlines() if line.startswith(prefix))
+    return shlex.split(line, comments=True)
 
 
 def test_readme_quick_experiment(repo):

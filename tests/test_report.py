@@ -1,12 +1,13 @@
 """The pull-request report's refusals, through the command line: one line, exit 1, and no
-report or image folder left behind. (A complete report is checked end to end, in
-test_pipeline.py.)"""
+report or image folder left behind (a complete report is checked end to end, in
+test_pipeline.py); and the offline plots template, which the command that writes it would
+write the same."""
 
 import subprocess
 
 import pytest
 
-from tests.helpers import params_with, run_stage_cli, write_params
+from tests.helpers import PROJECT_ROOT, copy_project, params_with, run_stage_cli, write_params
 
 
 def report(folder, *arguments: str) -> subprocess.CompletedProcess:
@@ -54,3 +55,16 @@ def test_base_without_metrics(project):
     assert refused(report(project, "--base", "HEAD"), project) == (
         f"error: --base HEAD: has no {metrics} (run the pipeline and commit its results there)"
     )
+
+
+def test_committed_plots_template_is_what_the_command_writes(tmp_path):
+    """`python -m stages.offline_plots`, the README's command, with the pinned
+    vl-convert-python: the same bytes as the committed template, which DVC's config names."""
+    copy_project(tmp_path)
+    (tmp_path / ".dvc/offline_plots.html").unlink()
+    result = run_stage_cli("offline_plots", tmp_path)
+    assert result.returncode == 0, result.stderr
+    committed = PROJECT_ROOT / ".dvc/offline_plots.html"
+    assert (tmp_path / ".dvc/offline_plots.html").read_bytes() == committed.read_bytes()
+    assert "html_template = offline_plots.html" in (PROJECT_ROOT / ".dvc/config").read_text()
+    assert committed.stat().st_size < 2_000_000
