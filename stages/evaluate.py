@@ -1,21 +1,19 @@
 """Stage 4: score the model on the test set; write metrics, the confusion data and images."""
 
 import io
-import re
 import sys
 from pathlib import Path
 
 import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
 
 # isort: split
-import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from matplotlib.figure import Figure
 
 from stages import mnist
-from stages.errors import PipelineError, run_stage
+from stages.errors import run_stage
 from stages.files import (
     read_npz,
     remove_stale_temporaries,
@@ -23,6 +21,7 @@ from stages.files import (
     write_json,
     write_text,
 )
+from stages.model_file import load_model
 from stages.params import load_params
 from stages.runtime import make_deterministic
 
@@ -108,45 +107,6 @@ def png_bytes(figure: Figure) -> bytes:
     # No "Software" tag: the bytes then depend on the picture, not on matplotlib's version.
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
-
-
-def load_failure(error: BaseException) -> str:
-    """Why Keras could not load a model, in one line: the innermost error of the chain Keras
-    raises (the outer ones say only "could not be deserialized"), and which layer it was in."""
-    chain = [error]
-    while (inner := chain[-1].__cause__ or chain[-1].__context__) and inner not in chain:
-        chain.append(inner)
-    layers = [re.search(r"deserializing class '(\w+)'", str(link)) for link in chain]
-    layer = next((found[1] for found in layers if found), None)
-    lines = str(chain[-1]).strip().splitlines()
-    reason = f"{type(chain[-1]).__name__}: {lines[0] if lines else ''}"
-    return f"in a {layer} layer: {reason}" if layer else reason
-
-
-def load_model(path: Path) -> keras.Model:
-    """The MNIST model at `path`: 28x28x1 images in, 10 class probabilities out.
-
-    Keras' safe mode refuses a model that would run code from the file (a Lambda layer).
-    """
-    if not path.exists():
-        raise PipelineError(f"{path}: not found (run the train stage first)")
-    try:
-        model = keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # Keras raises many kinds for a corrupt or edited file
-        raise PipelineError(f"{path}: not a loadable Keras model ({load_failure(error)})") from None
-    side = mnist.IMAGE_SIDE
-    expected_input, expected_output = (None, side, side, 1), (None, mnist.NUM_CLASSES)
-    if tuple(model.input_shape) != expected_input:
-        raise PipelineError(
-            f"{path}: takes input of shape {tuple(model.input_shape)}, expected {expected_input}"
-            " (MNIST images)"
-        )
-    if tuple(model.output_shape) != expected_output:
-        raise PipelineError(
-            f"{path}: gives output of shape {tuple(model.output_shape)}, expected"
-            f" {expected_output} (one probability per digit)"
-        )
-    return model
 
 
 def main() -> None:
