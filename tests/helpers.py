@@ -29,6 +29,12 @@ TINY_MODEL = {
 }
 
 
+def readme_line(prefix: str) -> str:
+    """The README's first line that starts with `prefix`: a command the tests run as shown."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    return next(line for line in readme.splitlines() if line.startswith(prefix))
+
+
 def params_with(changes: dict[str, object]) -> dict:
     """The project's params.yaml with dotted keys changed, as `dvc exp run -S` would."""
     params = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text())

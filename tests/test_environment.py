@@ -7,14 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, readme_line
 
 UV = Path(sys.executable).parent / "uv"  # pinned in the lock
-
-
-def readme_command(prefix: str) -> str:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    return next(line for line in readme.splitlines() if line.startswith(prefix))
 
 
 def test_lock_is_what_the_compile_command_makes_of_requirements_in(tmp_path):
@@ -23,7 +18,7 @@ def test_lock_is_what_the_compile_command_makes_of_requirements_in(tmp_path):
     the package registry for metadata.)"""
     for name in ("requirements.in", "requirements.txt"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    command = shlex.split(readme_command("uv pip compile "))
+    command = shlex.split(readme_line("uv pip compile "))
     result = subprocess.run(
         [str(UV), *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )

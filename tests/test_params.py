@@ -6,7 +6,7 @@ import yaml
 
 from stages.errors import PipelineError
 from stages.params import PARAMS_FILE, parse_params
-from tests.helpers import PROJECT_ROOT, params_with
+from tests.helpers import params_with, readme_line
 
 
 @pytest.fixture
@@ -57,10 +57,7 @@ def test_missing_key_is_named(raw_params):
 
 
 def test_readme_command_for_the_notebook_setup():
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    command = next(
-        line for line in readme.splitlines() if line.startswith("dvc exp run -S train.epochs=10")
-    )
+    command = readme_line("dvc exp run -S train.epochs=10")
     changes = dict(setting.split("=") for setting in re.findall(r"-S (\S+)", command))
     params = parse_params(
         params_with({key: yaml.safe_load(value) for key, value in changes.items()})

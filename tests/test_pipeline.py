@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import browser
-from tests.helpers import PROJECT_ROOT, STAGES, Repo, copy_project
+from tests.helpers import STAGES, Repo, copy_project, readme_line
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
 PLOTS = {
@@ -158,9 +158,7 @@ def test_queued_sweep_runs_experiments_side_by_side(repo):
 
 
 def readme_command(prefix: str) -> list[str]:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith(prefix))
-    return shlex.split(line, comments=True)
+    return shlex.split(readme_line(prefix), comments=True)
 
 
 def test_readme_quick_experiment(repo):

@@ -16,7 +16,7 @@ from PIL import Image
 from stages.download import MIRROR_ENV
 from stages.files import read_npz
 from stages.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
-from tests.helpers import PROJECT_ROOT, copy_project, run_stage_cli, write_params
+from tests.helpers import PROJECT_ROOT, copy_project, readme_line, run_stage_cli, write_params
 
 # Enough training for a model that reads digits well (about 97 %), in under a minute.
 TRAINED = {
@@ -115,12 +115,7 @@ def test_the_readme_example(project):
     for path in (PROJECT_ROOT / "examples").iterdir():
         (project / "examples").mkdir(exist_ok=True)
         (project / "examples" / path.name).write_bytes(path.read_bytes())
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    command = next(
-        line
-        for line in readme.splitlines()
-        if line.startswith("python -m stages.predict examples/")
-    )
+    command = readme_line("python -m stages.predict examples/")
     result = predict(project, *command.split()[3:])
     assert result.returncode == 0, result.stderr
     image, _, rest = result.stdout.strip().partition(": ")
