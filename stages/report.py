@@ -24,10 +24,10 @@ from stages.files import scratch_directory_beside, write_bytes, write_text
 from stages.offline_plots import VEGA_LITE_VERSION
 from stages.params import load_params
 
-# (key in metrics/evaluate.json, name in the report, shown as a percentage)
 # The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
 # not change): file stem -> heading.
 REPORTED_IMAGES = {"misclassified": "Misclassified test digits"}
+# (key in metrics/evaluate.json, name in the report, shown as a percentage)
 HEADLINE_METRICS = [
     ("accuracy", "test accuracy", True),
     ("loss", "test loss", False),
@@ -180,7 +180,10 @@ def report(
     for title, name in curves:
         lines += [f"### {title}", "", f"![{title}]({folder}/{name})", ""]
     for stem, sides in images.items():
-        cells = [f"![{stem}, {side}]({folder}/{sides[side]})" for side in ("base", "change")]
+        cells = [
+            f"![{stem}, {side}]({folder}/{sides[side]})" if side in sides else "–"
+            for side in ("base", "change")
+        ]
         lines += [f"### {REPORTED_IMAGES[stem]}", ""]
         lines += [f"| base: `{base}` | this change |", "|---|---|", f"| {' | '.join(cells)} |", ""]
     return "\n".join(lines)
