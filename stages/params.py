@@ -122,18 +122,22 @@ def dotted(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"]) or "(top level)"
 
 
-def describe_error(error: dict, source: Path, missing: list[str] = ()) -> str:
+def typo_of(key: str, missing: list[str]) -> str | None:
+    """The missing key that an unknown `key` most likely misspells, in the same section."""
+    parent, _, name = key.rpartition(".")
+    siblings = [m.rpartition(".")[2] for m in missing if m.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(name, siblings, n=1)
+    return f"{parent + '.' if parent else ''}{close[0]}" if close else None
+
+
+def describe_error(error: dict, source: Path, meant: str | None = None) -> str:
     """One pydantic error as `params.yaml: train.epochs: <what is expected> (got <value>)`.
 
-    `missing`: the keys missing beside it, so that an unknown key can be told apart from a typo.
+    `meant`: for an unknown key, the missing key it misspells, if any.
     """
     key = dotted(error)
     if error["type"] == "extra_forbidden":
-        parent, _, name = key.rpartition(".")
-        siblings = [m.rpartition(".")[2] for m in missing if m.rpartition(".")[0] == parent]
-        typo_of = difflib.get_close_matches(name, siblings, n=1)
-        hint = f" (did you mean {parent + '.' if parent else ''}{typo_of[0]}?)" if typo_of else ""
-        return f"{source}: {key}: unknown key{hint}"
+        return f"{source}: {key}: unknown key" + (f" (did you mean {meant}?)" if meant else "")
     if error["type"] == "missing":
         return f"{source}: {key}: missing key"
     if error["type"] == "impossible_model":
@@ -151,10 +155,10 @@ def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:
     unknown = [error for error in errors if error["type"] == "extra_forbidden"]
     missing = [dotted(error) for error in errors if error["type"] == "missing"]
     first = (unknown or errors)[0]
-    message = describe_error(first, source, missing)
-    others = len(errors) - 1 - ("did you mean" in message)
+    meant = typo_of(dotted(first), missing) if unknown else None
+    others = len(errors) - 1 - (meant is not None)
     more = f" (and {others} more)" if others else ""
-    raise PipelineError(message + more)
+    raise PipelineError(describe_error(first, source, meant) + more)
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

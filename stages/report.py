@@ -48,25 +48,19 @@ def dvc_json(*arguments: str) -> dict:
     return json.loads(output or "{}")
 
 
+def git(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *arguments], capture_output=True, text=True)
+
+
 def resolve_base(base: str, metrics_path: str) -> str:
     """The base's commit id; it must exist and hold committed metrics."""
-    inside = subprocess.run(
-        ["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
-    )
-    if inside.returncode != 0:
+    if git("rev-parse", "--is-inside-work-tree").returncode != 0:
         raise PipelineError("not in a git repository: the report compares git revisions")
-    found = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"],
-        capture_output=True,
-        text=True,
-    )
+    found = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
     if found.returncode != 0:
         raise PipelineError(f"--base {base}: unknown revision")
     commit = found.stdout.strip()
-    has_metrics = subprocess.run(
-        ["git", "cat-file", "-e", f"{commit}:{metrics_path}"], capture_output=True
-    )
-    if has_metrics.returncode != 0:
+    if git("cat-file", "-e", f"{commit}:{metrics_path}").returncode != 0:
         raise PipelineError(
             f"--base {base}: has no {metrics_path} (run the pipeline and commit its results there)"
         )

@@ -171,6 +171,16 @@ def write_tiny_data(folder: Path, params: dict, count: int = 96) -> None:
         write_npz(path, {"images": images, "labels": labels})
 
 
+def error_line(result: subprocess.CompletedProcess, status: int = 1) -> str:
+    """A command's only stderr line, after checking its exit status and that it printed no
+    traceback."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def idx_images(images: np.ndarray) -> bytes:
     count, rows, columns = images.shape
     return (

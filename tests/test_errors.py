@@ -12,18 +12,12 @@ from stages.params import PARAMS_FILE
 from tests.helpers import (
     PROJECT_ROOT,
     TINY_MODEL,
+    error_line,
     params_with,
     run_stage_cli,
     write_params,
     write_tiny_data,
 )
-
-
-def error_line(result) -> str:
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    return result.stderr.strip()
 
 
 def test_bad_param_stops_the_stage_before_any_work(tmp_path):

@@ -20,6 +20,7 @@ from stages.train import build_model, save_model
 from tests.helpers import (
     PROJECT_ROOT,
     TINY_MODEL,
+    error_line,
     idx_images,
     idx_labels,
     run_stage_cli,
@@ -27,15 +28,6 @@ from tests.helpers import (
     write_params,
     write_tiny_data,
 )
-
-
-def error_line(result: subprocess.CompletedProcess, status: int = 1) -> str:
-    """The stage's only stderr line, after checking the exit status."""
-    assert result.returncode == status, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def temporaries(folder: Path) -> list[Path]:

@@ -3,9 +3,7 @@ light paper, enlarged, off-centre on a larger canvas, RGB PNG and JPEG), through
 line, against a model trained here on real MNIST."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -57,14 +55,7 @@ def user_style(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def predict(project: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stages.predict", *arguments],
-        cwd=project,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_stage_cli("predict", project, arguments=arguments)
 
 
 def test_user_style_images_get_the_digit_the_model_gives_the_original(project, tmp_path):
