@@ -90,6 +90,24 @@ def scratch_directory_beside(path: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def replace_directory(source: Path, target: Path) -> None:
+    """Move the folder `source` (made in scratch_directory_beside(target)) to `target`,
+    replacing what is there. os.replace cannot replace a folder that holds files, so the old
+    one is first moved aside (to a temporary name that remove_stale_temporaries knows)."""
+    try:
+        if target.exists():
+            aside = tempfile.mkdtemp(
+                dir=target.parent, prefix=temporary_prefix(target), suffix=TEMPORARY_SUFFIX
+            )
+            os.replace(target, aside)
+            os.replace(source, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(source, target)
+    except OSError as error:
+        raise write_failure(target, error) from None
+
+
 def remove_stale_temporaries(outputs: list[Path]) -> None:
     """Delete what a killed earlier run left of these outputs' temporary files.
 

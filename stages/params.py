@@ -39,6 +39,10 @@ class PathsParams(Section):
     evaluate_metrics: str
     predictions: str
     evaluate_images: str
+    saved_model: str
+    onnx_model: str
+    tflite_model: str
+    export_metrics: str
 
 
 class DownloadParams(Section):
@@ -107,6 +111,12 @@ class EvaluateParams(Section):
     misclassified_images: Annotated[int, Field(gt=0, le=100)]
 
 
+class ExportParams(Section):
+    min_agreement: Annotated[float, Field(gt=0, le=1)]  # of test images, each format vs Keras
+    batch_size: PositiveInt
+    onnx_opset: Annotated[int, Field(ge=13, le=18)]  # 13 to 18: what tf2onnx 1.17 writes
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     threads: Annotated[int, Field(ge=0)]  # TensorFlow's threads per operation; 0: every core
@@ -116,6 +126,7 @@ class Params(Section):
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
+    export: ExportParams
 
 
 def dotted(error: dict) -> str:

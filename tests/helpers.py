@@ -35,6 +35,13 @@ def readme_line(prefix: str) -> str:
     return next(line for line in readme.splitlines() if line.startswith(prefix))
 
 
+def readme_code_block(containing: str) -> str:
+    """The README's first fenced code block that contains `containing`, without its fences."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```\w*\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL)
+    return next(block for block in blocks if containing in block)
+
+
 def params_with(changes: dict[str, object]) -> dict:
     """The project's params.yaml with dotted keys changed, as `dvc exp run -S` would."""
     params = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text())
@@ -61,7 +68,7 @@ QUICK = {
     "train.epochs": 1,
     "train.batch_size": 64,
 }
-STAGES = ["download", "preprocess", "train", "evaluate"]
+STAGES = ["download", "preprocess", "train", "evaluate", "export"]
 
 
 class Repo:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import browser
-from tests.helpers import STAGES, Repo, copy_project, readme_line
+from tests.helpers import STAGES, Repo, copy_project, readme_code_block, readme_line
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
 PLOTS = {
@@ -40,6 +40,7 @@ def repo(tmp_path, mnist_dir) -> Repo:
 
 def test_pipeline_end_to_end(repo):
     assert repo.repro() == STAGES
+    check_exports_serve(repo)
     assert repo.repro() == []
 
     repo.set_params({"evaluate.sample_images": 5})
@@ -48,7 +49,7 @@ def test_pipeline_end_to_end(repo):
     repo.commit("one epoch")
     before = json.loads((repo.root / "metrics/evaluate.json").read_text())
     repo.set_params({"evaluate.sample_images": 5, "train.epochs": 2})
-    assert repo.repro() == ["train", "evaluate"]
+    assert repo.repro() == ["train", "evaluate", "export"]
 
     params_diff = json.loads(repo.dvc("params", "diff", "--json"))
     assert params_diff["params.yaml"]["train.epochs"] == {"old": 1, "new": 2, "diff": 1}
@@ -75,6 +76,21 @@ def test_pipeline_end_to_end(repo):
     published = repo.results()
     assert repo.repro("-f") == STAGES
     assert repo.results() == published
+
+
+def check_exports_serve(repo: Repo) -> None:
+    """The README's ways to run the exports, on this run's: the ONNX and TFLite snippets name
+    the digits that evaluate's Keras model named for the first five test images, and the
+    SavedModel has the signature TensorFlow Serving serves."""
+    predictions = (repo.root / "plots/evaluate/predictions.csv").read_text().splitlines()
+    expected = [int(row.split(",")[1]) for row in predictions[1:6]]
+    for runtime in ("onnxruntime.InferenceSession", "Interpreter(model_path"):
+        printed = repo.run(sys.executable, "-c", readme_code_block(runtime)).stdout
+        assert [int(digit) for digit in re.findall(r"\d", printed)] == expected, printed
+    shown = repo.run(*readme_command("saved_model_cli show ")).stdout
+    for line in ("inputs['images'] tensor_info:", "outputs['probabilities'] tensor_info:"):
+        assert line in shown, shown
+    assert shown.count("shape: (-1, 28, 28, 1)") == 1 and "shape: (-1, 10)" in shown, shown
 
 
 def check_report(repo: Repo, before: dict, metrics: Path) -> None:
@@ -123,7 +139,7 @@ def test_run_cache_restores_every_stage(repo):
     assert len(repo.run_records()) == len(STAGES)  # every stage is saved in the run-cache
 
     repo.set_params({"train.epochs": 2})
-    assert repo.repro() == ["train", "evaluate"]
+    assert repo.repro() == ["train", "evaluate", "export"]
     assert repo.results() != {k: v for k, v in first.items() if k != "model"}
 
     repo.set_params({"train.epochs": 1})
@@ -227,7 +243,7 @@ def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(re
     assert repro.returncode != 0, output
     assert not (repo.root / "models/model.keras").exists()
 
-    assert repo.repro() == ["train", "evaluate"]
+    assert repo.repro() == ["train", "evaluate", "export"]
     resumed = repo.results() | {"model": repo.read("models/model.keras")}
     assert sorted(repo.root.rglob("*.tmp")) == []
 

@@ -106,7 +106,7 @@ def test_run_cache_shares_a_param_set_run_elsewhere(team):
     a = team.clone("a-run-cache")
     a.dvc("pull")
     a.set_params({"train.epochs": 2})
-    assert a.repro() == ["train", "evaluate"]
+    assert a.repro() == ["train", "evaluate", "export"]
     a.dvc("push")
     pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout
     assert re.fullmatch(r"pushed \d+ run record\(s\) and [1-9]\d* new file\(s\)\n", pushed)
@@ -182,6 +182,17 @@ def test_registry_version_is_fetched_by_anyone(team, tmp_path):
 
     missing = outsider.dvc_fails("artifacts", "get", str(team.origin), "mnist-cnn", "--rev", "v9")
     assert "Unable to find artifact" in missing.stderr
+
+    # The exports are artifacts too, versioned the same way; the SavedModel is a folder.
+    a.run("gto", "register", "mnist-cnn-onnx", "--version", "v1.0.0")
+    a.run("gto", "register", "mnist-cnn-savedmodel", "--version", "v1.0.0")
+    a.run("git", "push", "-q", "origin", "mnist-cnn-onnx@v1.0.0", "mnist-cnn-savedmodel@v1.0.0")
+    origin = str(team.origin)
+    outsider.dvc("artifacts", "get", origin, "mnist-cnn-onnx", "--rev", "v1.0.0", "-o", "m.onnx")
+    assert outsider.read("m.onnx") == Repo(team.workdir / "a", team.env).read("models/model.onnx")
+    outsider.dvc("artifacts", "get", origin, "mnist-cnn-savedmodel", "-o", "saved_model")
+    saved = outsider.root / "saved_model"
+    assert {p.name for p in saved.rglob("*") if p.is_file()} >= {"saved_model.pb", "fingerprint.pb"}
 
 
 def test_a_shared_folder_serves_as_remote(team, tmp_path):

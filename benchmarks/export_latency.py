@@ -1,0 +1,96 @@
+"""Latency of the model in each format the export stage writes, side by side on this machine.
+
+    python -m benchmarks.export_latency [--repeats N] [--threads N]
+
+Needs the exports (`dvc repro export`). For each format: the median and 90th percentile time
+of one call on one image (what a server answering one request at a time sees), and the time
+per image in batches of 1,000 (what a batch job sees). The formats run one after another in
+this process, each on the same images, each warmed up first.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
+
+# isort: split
+import numpy as np
+import onnxruntime
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from stages.export import INPUT, OUTPUT, SIGNATURE, batches
+from stages.files import read_npz
+from stages.model_file import load_model
+from stages.params import load_params
+from stages.runtime import available_cores
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def runners(threads: int) -> dict[str, Predict]:
+    """One predict function per format, each in its own runtime, with `threads` threads."""
+    paths = load_params().paths
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras_model = load_model(Path(paths.model))
+    serve = tf.saved_model.load(paths.saved_model).signatures[SIGNATURE]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        paths.onnx_model, options, providers=["CPUExecutionProvider"]
+    )
+    tflite = Interpreter(model_path=paths.tflite_model, num_threads=threads)
+    tflite_run = tflite.get_signature_runner(SIGNATURE)
+    return {
+        "Keras (.keras, model(x))": lambda x: keras_model(x, training=False).numpy(),
+        "SavedModel (TensorFlow)": lambda x: serve(**{INPUT: tf.constant(x)})[OUTPUT].numpy(),
+        "ONNX (onnxruntime)": lambda x: session.run([OUTPUT], {INPUT: x})[0],
+        "TFLite (LiteRT)": lambda x: tflite_run(**{INPUT: x})[OUTPUT],
+    }
+
+
+def seconds(predict: Predict, images: np.ndarray) -> float:
+    start = time.perf_counter()
+    predict(images)
+    return time.perf_counter() - start
+
+
+def measure(predict: Predict, singles: list[np.ndarray], batched: list[np.ndarray]) -> dict:
+    for image in singles[:20]:  # warm-up: graph building, allocation, caches
+        predict(image)
+    predict(batched[0])
+    one = sorted(seconds(predict, image) for image in singles)
+    per_batch = [seconds(predict, batch) for batch in batched]
+    return {
+        "median_ms": statistics.median(one) * 1e3,
+        "p90_ms": one[int(0.9 * (len(one) - 1))] * 1e3,
+        "batched_us": sum(per_batch) / sum(len(b) for b in batched) * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=500, help="single-image calls per format")
+    parser.add_argument("--threads", type=int, default=available_cores())
+    arguments = parser.parse_args()
+
+    images = read_npz(Path(load_params().paths.test_data))["images"]
+    singles = batches(images[: arguments.repeats], 1)
+    batched = batches(images, 1000)
+    print(f"{arguments.threads} threads, {arguments.repeats} single-image calls, 10,000 images")
+    print("| format | 1 image: median | 1 image: p90 | per image, batches of 1,000 |")
+    print("|---|---|---|---|")
+    for name, predict in runners(arguments.threads).items():
+        figures = measure(predict, singles, batched)
+        print(
+            f"| {name} | {figures['median_ms']:.2f} ms | {figures['p90_ms']:.2f} ms"
+            f" | {figures['batched_us']:.0f} µs |"
+        )
+
+
+if __name__ == "__main__":
+    main()

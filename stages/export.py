@@ -1,0 +1,283 @@
+"""Stage 5: export the trained model for serving, as a SavedModel (TensorFlow Serving), an ONNX
+model and a TFLite model, and check that each predicts what the Keras model predicts.
+
+All three compute in float32, whatever precision trained the model, and have one signature:
+input `images`, float32 [N, 28, 28, 1], raw 0-255 pixels (white ink on black, as MNIST);
+output `probabilities`, float32 [N, 10].
+"""
+
+import hashlib
+import logging
+import re
+import sys
+from pathlib import Path
+
+import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
+
+# isort: split
+import keras
+import numpy as np
+import onnx
+import onnxruntime
+import tensorflow as tf
+import tf2onnx
+from ai_edge_litert.interpreter import Interpreter
+from tensorflow.core.protobuf import fingerprint_pb2
+
+from stages import mnist
+from stages.errors import PipelineError, run_stage
+from stages.files import (
+    read_npz,
+    remove_stale_temporaries,
+    replace_directory,
+    scratch_directory_beside,
+    write_bytes,
+    write_json,
+)
+from stages.model_file import load_model
+from stages.params import load_params
+from stages.quiet_tensorflow import native_stderr_filtered
+from stages.runtime import available_cores, make_deterministic
+
+SIGNATURE = "serving_default"
+INPUT = "images"
+OUTPUT = "probabilities"
+FORMATS = ("saved_model", "onnx", "tflite")
+
+# What TensorFlow's converters print on every run, as notes rather than problems.
+CONVERTER_NOISE = re.compile(
+    r"Ignored (output_format|drop_control_dependency)"
+    r"|Reading SavedModel|Reading meta graph|Restoring SavedModel|SavedModel load for tags"
+    r"|fingerprinting\.cc|loader\.cc|tf_tfl_flatbuffer_helpers\.cc|flatbuffer_export\.cc"
+    r"|Created TensorFlow Lite XNNPACK delegate"
+)
+
+
+def float32_config(config: object) -> object:
+    """A Keras model config with every layer's dtype policy made float32: mixed_bfloat16 layers
+    compute in bfloat16, which ONNX and TFLite runtimes do not run (or run slowly) on a CPU."""
+    if isinstance(config, list):
+        return [float32_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {key: float32_config(value) for key, value in config.items()}
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same architecture in float32, with the same weights (kept in float32 under mixed
+    precision too)."""
+    copy = type(model).from_config(float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def serving_module(model: keras.Model) -> tf.Module:
+    """What all three formats are made from: one function, `serve`, and the weights it reads.
+
+    Only the weights' tf.Variables are saved with it, in the model's order, not the Keras
+    objects: with the Keras model inside, TFLite's converter left the weights as variables that
+    nothing initialises (every prediction NaN), and Keras' own ExportArchive saves them in a
+    different order in every process.
+    """
+    side = mnist.IMAGE_SIDE
+    module = tf.Module()
+    module.weights = [variable.value for variable in model.variables]
+    module.serve = tf.function(
+        lambda images: {OUTPUT: model(images, training=False)},
+        input_signature=[tf.TensorSpec([None, side, side, 1], tf.float32, name=INPUT)],
+        autograph=False,
+    )
+    return module
+
+
+def stable_fingerprint(data: bytes) -> bytes:
+    """A SavedModel's fingerprint.pb with its random uuid replaced by one derived from the
+    other fields (hashes of the graph, signatures and weights): equal models, equal bytes."""
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(data)
+    fingerprint.ClearField("uuid")
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    return fingerprint.SerializeToString(deterministic=True)
+
+
+def save_saved_model(serving: tf.Module, path: Path) -> None:
+    try:
+        tf.saved_model.save(serving, str(path), signatures={SIGNATURE: serving.serve})
+    except tf.errors.OpError as error:  # TensorFlow's own file system: a full disk lands here
+        raise PipelineError(f"{path}: could not write ({error.message})") from None
+    fingerprint = path / "fingerprint.pb"
+    fingerprint.write_bytes(stable_fingerprint(fingerprint.read_bytes()))
+
+
+def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename the graph's nodes, intermediate tensors and constants by their position.
+
+    tf2onnx numbers the names it makes in an order that depends on Python's hash seed, so the
+    same model comes out with different bytes in different processes. The graph's input and
+    output keep their names.
+    """
+    graph = model.graph
+    kept = {value.name for value in graph.input} | {value.name for value in graph.output}
+    renamed: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{index}"
+        for position, output in enumerate(node.output):
+            if output and output not in kept:
+                renamed[output] = f"{node.name}:{position}"
+    constants = {constant.name: constant for constant in graph.initializer}
+    ordered = []
+    for node in graph.node:
+        for name in node.input:
+            if name in constants and name not in renamed:
+                renamed[name] = f"constant_{len(ordered)}"
+                ordered.append(constants[name])
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for constant in ordered:
+        constant.name = renamed[constant.name]
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    for value in graph.value_info:
+        value.name = renamed.get(value.name, value.name)
+    return model
+
+
+def onnx_bytes(serving: tf.Module, opset: int) -> bytes:
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # it logs each step at INFO
+    model, _ = tf2onnx.convert.from_function(
+        serving.serve, input_signature=serving.serve.input_signature, opset=opset
+    )
+    model = canonical_names(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString(deterministic=True)
+
+
+def tflite_bytes(saved_model: Path) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), [SIGNATURE])
+    return converter.convert()
+
+
+def batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Float32 [N, 28, 28, 1] slices of uint8 [N, 28, 28] images: what every format takes."""
+    pixels = images[..., None].astype(np.float32)
+    return [pixels[start : start + batch_size] for start in range(0, len(pixels), batch_size)]
+
+
+def keras_probabilities(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [model(batch, training=False).numpy() for batch in batches(images, batch_size)]
+    )
+
+
+def saved_model_probabilities(path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    return np.concatenate(
+        [
+            serve(**{INPUT: tf.constant(batch)})[OUTPUT].numpy()
+            for batch in batches(images, batch_size)
+        ]
+    )
+
+
+def onnx_probabilities(path: Path, images: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default, every core
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [session.run([OUTPUT], {INPUT: batch})[0] for batch in batches(images, batch_size)]
+    )
+
+
+def tflite_probabilities(
+    path: Path, images: np.ndarray, batch_size: int, threads: int
+) -> np.ndarray:
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or available_cores())
+    run = interpreter.get_signature_runner(SIGNATURE)
+    return np.concatenate([run(**{INPUT: batch})[OUTPUT] for batch in batches(images, batch_size)])
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How far an export's probabilities are from the Keras model's on the same images."""
+    agreement = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+    difference = float(np.abs(reference - candidate).max())
+    return {
+        "agreement": round(agreement, 6),
+        "max_probability_difference": float(f"{difference:.3g}"),
+    }
+
+
+def check_parity(path: Path, result: dict, min_agreement: float) -> None:
+    if result["agreement"] < min_agreement:
+        raise PipelineError(
+            f"{path}: predicts the Keras model's digit for {result['agreement']:.2%} of the"
+            f" test images, expected at least {min_agreement:.2%} (export.min_agreement)"
+        )
+
+
+def size_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size
+
+
+def main() -> None:
+    params = load_params()
+    paths, settings = params.paths, params.export
+    outputs = {
+        "saved_model": Path(paths.saved_model),
+        "onnx": Path(paths.onnx_model),
+        "tflite": Path(paths.tflite_model),
+    }
+    remove_stale_temporaries([*outputs.values(), Path(paths.export_metrics)])
+    make_deterministic(params.seed, params.threads)
+    trained = load_model(Path(paths.model))
+    images = read_npz(Path(paths.test_data))["images"]
+    reference = keras_probabilities(trained, images, settings.batch_size)
+    serving = serving_module(float32_copy(trained))
+
+    metrics: dict = {"test_images": len(images)}
+    with scratch_directory_beside(outputs["saved_model"]) as scratch:
+        made = {
+            "saved_model": scratch / "saved_model",
+            "onnx": scratch / "model.onnx",
+            "tflite": scratch / "model.tflite",
+        }
+        with native_stderr_filtered(CONVERTER_NOISE):
+            save_saved_model(serving, made["saved_model"])
+            made["onnx"].write_bytes(onnx_bytes(serving, settings.onnx_opset))
+            made["tflite"].write_bytes(tflite_bytes(made["saved_model"]))
+            probabilities = {
+                "saved_model": saved_model_probabilities(
+                    made["saved_model"], images, settings.batch_size
+                ),
+                "onnx": onnx_probabilities(
+                    made["onnx"], images, settings.batch_size, params.threads
+                ),
+                "tflite": tflite_probabilities(
+                    made["tflite"], images, settings.batch_size, params.threads
+                ),
+            }
+        # Every format is checked before any is written: a failed check leaves the last
+        # good exports in place.
+        for name in FORMATS:
+            result = parity(reference, probabilities[name])
+            check_parity(outputs[name], result, settings.min_agreement)
+            metrics[name] = {**result, "size_bytes": size_bytes(made[name])}
+        replace_directory(made["saved_model"], outputs["saved_model"])
+        write_bytes(outputs["onnx"], made["onnx"].read_bytes())
+        write_bytes(outputs["tflite"], made["tflite"].read_bytes())
+    write_json(Path(paths.export_metrics), metrics)
+    for name in FORMATS:
+        result = metrics[name]
+        print(
+            f"{outputs[name]}: the Keras model's digit on {result['agreement']:.2%} of"
+            f" {len(images)} test images, probabilities within"
+            f" {result['max_probability_difference']:.2g}, {result['size_bytes'] / 1e6:.1f} MB"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,0 +1,165 @@
+"""The export stage: SavedModel, ONNX and TFLite files made from a real (tiny) Keras model,
+run in their own runtimes, byte-identical from one process to the next."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from stages.errors import PipelineError
+from stages.export import canonical_names, check_parity, float32_copy, parity
+from stages.params import parse_params
+from stages.train import build_model, save_model
+from tests.helpers import (
+    TINY_MODEL,
+    error_line,
+    params_with,
+    run_stage_cli,
+    write_params,
+    write_tiny_data,
+)
+
+OUTPUTS = ["models/saved_model", "models/model.onnx", "models/model.tflite", "metrics/export.json"]
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def tiny_project(folder: Path, precision: str, changes: dict | None = None) -> dict:
+    """params.yaml, tiny data and an untrained tiny model saved as the train stage saves it."""
+    params = write_params(folder, {**TINY_MODEL, **(changes or {})})
+    write_tiny_data(folder, params)
+    keras.mixed_precision.set_dtype_policy(precision)
+    try:
+        keras.utils.set_random_seed(1)
+        model = build_model(parse_params(params).model)
+        save_model(model, folder / params["paths"]["model"])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    return params
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of the stage's outputs, by path."""
+    files = []
+    for output in OUTPUTS:
+        path = folder / output
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_float32_copy_of_a_mixed_precision_model_computes_in_float32(mixed_precision):
+    model = build_model(parse_params(params_with(TINY_MODEL)).model)
+    assert {layer.dtype_policy.name for layer in model.layers[:-1]} == {"mixed_bfloat16"}
+    copy = float32_copy(model)
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    for original, copied in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, copied)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 28, 28, 1)).astype(np.float32)
+    # bfloat16 keeps 8 bits of mantissa: the two agree to about 1 %, not exactly.
+    np.testing.assert_allclose(copy(images).numpy(), model(images).numpy(), atol=0.02)
+
+
+def test_export_writes_the_same_bytes_in_every_process(tmp_path):
+    """Two runs of the stage with different Python hash seeds (which reorder what tf2onnx
+    numbers) give byte-identical files: dvc.lock stays put on a forced re-run."""
+    tiny_project(tmp_path, "float32")
+    first = run_stage_cli("export", tmp_path, env={"PYTHONHASHSEED": "1"})
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""  # no converter chatter
+    made = digests(tmp_path)
+    assert len(made) >= 6  # the SavedModel's pb, fingerprint and variables, ONNX, TFLite, metrics
+    second = run_stage_cli("export", tmp_path, env={"PYTHONHASHSEED": "2"})
+    assert second.returncode == 0, second.stderr
+    assert digests(tmp_path) == made
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert metrics["test_images"] == 96
+    paths = {"saved_model": OUTPUTS[0], "onnx": OUTPUTS[1], "tflite": OUTPUTS[2]}
+    for name, path in paths.items():
+        assert metrics[name]["agreement"] == 1.0
+        assert 0 <= metrics[name]["max_probability_difference"] < 1e-4
+        files = [tmp_path / path] if name != "saved_model" else list((tmp_path / path).rglob("*"))
+        assert metrics[name]["size_bytes"] == sum(f.stat().st_size for f in files if f.is_file())
+
+
+def test_a_mixed_precision_model_exports_to_float32_files(tmp_path):
+    """A model trained under mixed_bfloat16 (as on a GPU or a bfloat16 CPU) exports to models
+    that take and compute in float32: no bfloat16 tensor in the ONNX or TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    # An untrained model's probabilities are nearly equal, so bfloat16 rounding flips some
+    # argmaxes: this test is about the formats, not the agreement.
+    tiny_project(tmp_path, "mixed_bfloat16", {"export.min_agreement": 0.5})
+    result = run_stage_cli("export", tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    model = onnx.load(tmp_path / "models/model.onnx")
+    types = {tensor.data_type for tensor in model.graph.initializer}
+    types |= {
+        value.type.tensor_type.elem_type for value in [*model.graph.input, *model.graph.output]
+    }
+    assert types <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+    interpreter = Interpreter(model_path=str(tmp_path / "models/model.tflite"))
+    assert {detail["dtype"] for detail in interpreter.get_tensor_details()} <= {
+        np.float32,
+        np.int32,
+    }
+    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert all(metrics[name]["agreement"] > 0.5 for name in ("saved_model", "onnx", "tflite"))
+
+
+def test_parity_counts_the_images_whose_digit_differs():
+    reference = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
+    candidate = reference.copy()
+    candidate[3] = np.eye(10)[5] * 0.6 + np.eye(10)[4] * 0.4  # digit 4 becomes 5
+    result = parity(reference, candidate)
+    assert result == {"agreement": 0.75, "max_probability_difference": 0.6}
+    check_parity(Path("models/model.onnx"), result, min_agreement=0.75)
+    with pytest.raises(PipelineError) as failure:
+        check_parity(Path("models/model.onnx"), result, min_agreement=0.999)
+    assert str(failure.value) == (
+        "models/model.onnx: predicts the Keras model's digit for 75.00% of the test images,"
+        " expected at least 99.90% (export.min_agreement)"
+    )
+
+
+def test_canonical_names_number_nodes_and_constants_in_graph_order():
+    helper = onnx.helper
+    weight = helper.make_tensor("w_from_tf2onnx__17", onnx.TensorProto.FLOAT, [1], [2.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["images", "w_from_tf2onnx__17"], ["Mul__9:0"], "Mul__9"),
+            helper.make_node("Relu", ["Mul__9:0"], ["probabilities"], "Relu__3"),
+        ],
+        "graph",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [1])],
+        [weight],
+    )
+    model = canonical_names(helper.make_model(graph))
+    nodes = [(n.name, list(n.input), list(n.output)) for n in model.graph.node]
+    assert nodes == [
+        ("Mul_0", ["images", "constant_0"], ["Mul_0:0"]),
+        ("Relu_1", ["Mul_0:0"], ["probabilities"]),
+    ]
+    assert [constant.name for constant in model.graph.initializer] == ["constant_0"]
+    onnx.checker.check_model(model)
+
+
+def test_export_without_a_model_fails_in_one_line(tmp_path):
+    params = write_params(tmp_path, TINY_MODEL)
+    write_tiny_data(tmp_path, params)
+    result = run_stage_cli("export", tmp_path)
+    assert error_line(result) == "error: models/model.keras: not found (run the train stage first)"
+    assert not any((tmp_path / output).exists() for output in OUTPUTS)
