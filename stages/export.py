@@ -44,7 +44,7 @@ INPUT = "images"
 OUTPUT = "probabilities"
 FORMATS = ("saved_model", "onnx", "tflite")
 
-# What TensorFlow's converters print on every run, as notes rather than problems.
+# What the converters and LiteRT print on every run: notes, not problems.
 CONVERTER_NOISE = re.compile(
     r"Ignored (output_format|drop_control_dependency)"
     r"|Reading SavedModel|Reading meta graph|Restoring SavedModel|SavedModel load for tags"
@@ -54,8 +54,8 @@ CONVERTER_NOISE = re.compile(
 
 
 def float32_config(config: object) -> object:
-    """A Keras model config with every layer's dtype policy made float32: mixed_bfloat16 layers
-    compute in bfloat16, which ONNX and TFLite runtimes do not run (or run slowly) on a CPU."""
+    """A Keras model config with every layer's dtype policy made float32, so that the exports
+    compute in float32 whatever precision (mixed_bfloat16, mixed_float16) trained the model."""
     if isinstance(config, list):
         return [float32_config(item) for item in config]
     if not isinstance(config, dict):
