@@ -25,12 +25,14 @@ def load_failure(error: BaseException) -> str:
 def load_model(path: Path) -> keras.Model:
     """The MNIST model at `path`: 28x28x1 images in, 10 class probabilities out.
 
-    Keras' safe mode refuses a model that would run code from the file (a Lambda layer).
+    Keras' safe mode refuses a model that would run code from the file (a Lambda layer). The
+    optimizer is not restored (compile=False): predicting needs none, and Keras cannot restore
+    the loss-scaling one of a mixed_float16 model (it warns and skips its variables).
     """
     if not path.exists():
         raise PipelineError(f"{path}: not found (run the train stage first)")
     try:
-        model = keras.models.load_model(path, safe_mode=True)
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many kinds for a corrupt or edited file
         raise PipelineError(f"{path}: not a loadable Keras model ({load_failure(error)})") from None
     side = mnist.IMAGE_SIDE
