@@ -100,7 +100,7 @@ class TrainParams(Section):
     optimizer: Literal["adam", "sgd", "rmsprop"]
     learning_rate: PositiveFloat
     lr_schedule: Literal["constant", "cosine"]
-    precision: Literal["auto", "float32", "mixed_bfloat16"]
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
     steps_per_execution: PositiveInt
     augment: AugmentParams
 

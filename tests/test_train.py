@@ -6,14 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.runtime import cpu_flags, resolve_precision
+from stages.files import read_npz
+from stages.params import parse_params
+from stages.runtime import compute_capability, cpu_flags, resolve_precision
 from stages.train import (
     CURVE_COLUMNS,
     build_model,
     random_affine,
     renumber_shared_objects,
+    train,
 )
-from tests.helpers import TINY_MODEL, run_stage_cli, write_params, write_tiny_data
+from tests.helpers import TINY_MODEL, params_with, run_stage_cli, write_params, write_tiny_data
 
 
 def test_default_model_is_the_seed_notebooks(default_params):
@@ -41,19 +44,42 @@ def test_conv_filters_list_stacks_conv_blocks(default_params):
     assert flatten.output.shape == (None, 7 * 7 * 64)
 
 
+# Compute capabilities: V100 7.0, T4 7.5, A100 8.0, H100 9.0, P100 6.0.
 @pytest.mark.parametrize(
-    ("requested", "flags", "gpu", "expected"),
+    ("requested", "flags", "gpus", "expected"),
     [
-        ("auto", {"avx2", "avx512_bf16"}, False, "mixed_bfloat16"),
-        ("auto", {"amx_bf16"}, False, "mixed_bfloat16"),
-        ("auto", {"avx2"}, False, "float32"),
-        ("auto", set(), True, "mixed_bfloat16"),
-        ("float32", {"amx_bf16"}, True, "float32"),
-        ("mixed_bfloat16", set(), False, "mixed_bfloat16"),
+        ("auto", {"avx2", "avx512_bf16"}, [], "mixed_bfloat16"),
+        ("auto", {"amx_bf16"}, [], "mixed_bfloat16"),
+        ("auto", {"avx2"}, [], "float32"),
+        ("auto", set(), [(8, 0)], "mixed_bfloat16"),
+        ("auto", set(), [(9, 0), (9, 0)], "mixed_bfloat16"),
+        ("auto", {"avx512_bf16"}, [(7, 5)], "mixed_float16"),
+        ("auto", set(), [(7, 0)], "mixed_float16"),
+        ("auto", set(), [(8, 0), (7, 5)], "mixed_float16"),  # what every GPU runs fast
+        ("auto", {"amx_bf16"}, [(6, 0)], "float32"),
+        ("auto", set(), [(0, 0)], "float32"),  # a GPU that does not report one
+        ("float32", {"amx_bf16"}, [(8, 0)], "float32"),
+        ("mixed_bfloat16", set(), [], "mixed_bfloat16"),
+        ("mixed_float16", set(), [], "mixed_float16"),
     ],
 )
-def test_precision_resolution(requested, flags, gpu, expected):
-    assert resolve_precision(requested, flags, gpu) == expected
+def test_precision_resolution(requested, flags, gpus, expected):
+    assert resolve_precision(requested, flags, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        # What tf.config.experimental.get_device_details() gives for an NVIDIA GPU...
+        ({"device_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 0)}, (8, 0)),
+        ({"device_name": "Tesla T4", "compute_capability": (7, 5)}, (7, 5)),
+        # ...and for a GPU without a CUDA compute capability (ROCm builds give only a name).
+        ({"device_name": "AMD Instinct MI210"}, (0, 0)),
+        ({}, (0, 0)),
+    ],
+)
+def test_compute_capability_is_read_from_the_device_description(details, expected):
+    assert compute_capability(details) == expected
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -74,7 +100,7 @@ def test_shared_object_ids_are_renumbered_in_order():
     }
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
     params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 2, "train.precision": precision})
     write_tiny_data(tmp_path, params)
@@ -101,6 +127,28 @@ def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
         assert "date_saved" not in json.loads(archive.read("metadata.json"))
     model = keras.models.load_model(tmp_path / params["paths"]["model"])
     assert model.count_params() == metrics["trainable_params"]
+    assert model.layers[1].dtype_policy.name == precision
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_only_float16_training_scales_the_loss(tmp_path, precision):
+    """float16's narrow range needs loss scaling, or small gradients round to zero; Keras'
+    compile() adds a LossScaleOptimizer under mixed_float16, and only there."""
+    params = parse_params(params_with({**TINY_MODEL, "train.precision": precision}))
+    write_tiny_data(tmp_path, params.model_dump())
+    data = {
+        key: read_npz(tmp_path / getattr(params.paths, key))
+        for key in ("train_data", "validation_data")
+    }
+    keras.mixed_precision.set_dtype_policy(precision)
+    try:
+        model = build_model(params.model)
+        history = train(model, data["train_data"], data["validation_data"], params.train, 0, 0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert loss_scaled == (precision == "mixed_float16")
+    assert np.isfinite(history["loss"]).all()
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
