@@ -81,7 +81,10 @@ def main() -> None:
     images = read_npz(Path(load_params().paths.test_data))["images"]
     singles = batches(images[: arguments.repeats], 1)
     batched = batches(images, 1000)
-    print(f"{arguments.threads} threads, {arguments.repeats} single-image calls, 10,000 images")
+    print(
+        f"{arguments.threads} threads, {arguments.repeats} single-image calls,"
+        f" {len(images):,} images in batches of 1,000"
+    )
     print("| format | 1 image: median | 1 image: p90 | per image, batches of 1,000 |")
     print("|---|---|---|---|")
     for name, predict in runners(arguments.threads).items():

@@ -80,8 +80,8 @@ def test_pipeline_end_to_end(repo):
 
 def check_exports_serve(repo: Repo) -> None:
     """The README's ways to run the exports, on this run's: the ONNX and TFLite snippets name
-    the digits that evaluate's Keras model named for the first five test images, and the
-    SavedModel has the signature TensorFlow Serving serves."""
+    the digits that evaluate's Keras model named for the first five test images, the
+    SavedModel has the signature TensorFlow Serving serves, and the latency benchmark runs."""
     predictions = (repo.root / "plots/evaluate/predictions.csv").read_text().splitlines()
     expected = [int(row.split(",")[1]) for row in predictions[1:6]]
     for runtime in ("onnxruntime.InferenceSession", "Interpreter(model_path"):
@@ -91,6 +91,11 @@ def check_exports_serve(repo: Repo) -> None:
     for line in ("inputs['images'] tensor_info:", "outputs['probabilities'] tensor_info:"):
         assert line in shown, shown
     assert shown.count("shape: (-1, 28, 28, 1)") == 1 and "shape: (-1, 10)" in shown, shown
+
+    # The latency benchmark (a benchmark, not a test: only that it runs and reports each format).
+    table = repo.run(sys.executable, "-m", "benchmarks.export_latency", "--repeats", "25").stdout
+    rows = [line for line in table.splitlines() if re.match(r"\| \w.* \| [\d.]+ ms \|", line)]
+    assert [row.split(" (")[0] for row in rows] == ["| Keras", "| SavedModel", "| ONNX", "| TFLite"]
 
 
 def check_report(repo: Repo, before: dict, metrics: Path) -> None:
