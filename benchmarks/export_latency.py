@@ -11,24 +11,19 @@ this process, each on the same images, each warmed up first.
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
 
 # isort: split
 import numpy as np
-import onnxruntime
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
-from stages.export import INPUT, OUTPUT, SIGNATURE, batches
+from stages.export import Predict, batches, export_files, runtimes
 from stages.files import read_npz
 from stages.model_file import load_model
 from stages.params import load_params
 from stages.runtime import available_cores
-
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def runners(threads: int) -> dict[str, Predict]:
@@ -37,19 +32,12 @@ def runners(threads: int) -> dict[str, Predict]:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras_model = load_model(Path(paths.model))
-    serve = tf.saved_model.load(paths.saved_model).signatures[SIGNATURE]
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(
-        paths.onnx_model, options, providers=["CPUExecutionProvider"]
-    )
-    tflite = Interpreter(model_path=paths.tflite_model, num_threads=threads)
-    tflite_run = tflite.get_signature_runner(SIGNATURE)
+    exports = runtimes(export_files(paths), threads)
     return {
         "Keras (.keras, model(x))": lambda x: keras_model(x, training=False).numpy(),
-        "SavedModel (TensorFlow)": lambda x: serve(**{INPUT: tf.constant(x)})[OUTPUT].numpy(),
-        "ONNX (onnxruntime)": lambda x: session.run([OUTPUT], {INPUT: x})[0],
-        "TFLite (LiteRT)": lambda x: tflite_run(**{INPUT: x})[OUTPUT],
+        "SavedModel (TensorFlow)": exports["saved_model"],
+        "ONNX (onnxruntime)": exports["onnx"],
+        "TFLite (LiteRT)": exports["tflite"],
     }
 
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
@@ -35,7 +36,7 @@ from stages.files import (
     write_json,
 )
 from stages.model_file import load_model
-from stages.params import load_params
+from stages.params import PathsParams, load_params
 from stages.quiet_tensorflow import native_stderr_filtered
 from stages.runtime import available_cores, make_deterministic
 
@@ -51,6 +52,15 @@ CONVERTER_NOISE = re.compile(
     r"|fingerprinting\.cc|loader\.cc|tf_tfl_flatbuffer_helpers\.cc|flatbuffer_export\.cc"
     r"|Created TensorFlow Lite XNNPACK delegate"
 )
+
+
+def export_files(paths: PathsParams) -> dict[str, Path]:
+    """Where each format goes, keyed as FORMATS."""
+    return {
+        "saved_model": Path(paths.saved_model),
+        "onnx": Path(paths.onnx_model),
+        "tflite": Path(paths.tflite_model),
+    }
 
 
 def float32_config(config: object) -> object:
@@ -166,37 +176,31 @@ def batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [pixels[start : start + batch_size] for start in range(0, len(pixels), batch_size)]
 
 
-def keras_probabilities(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [model(batch, training=False).numpy() for batch in batches(images, batch_size)]
-    )
+Predict = Callable[[np.ndarray], np.ndarray]
 
 
-def saved_model_probabilities(path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    return np.concatenate(
-        [
-            serve(**{INPUT: tf.constant(batch)})[OUTPUT].numpy()
-            for batch in batches(images, batch_size)
-        ]
-    )
-
-
-def onnx_probabilities(path: Path, images: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
+def runtimes(files: dict[str, Path], threads: int) -> dict[str, Predict]:
+    """A predict function for each export file (keyed as FORMATS), each in its own runtime:
+    TensorFlow, onnxruntime, LiteRT. `threads`: per runtime; 0 for every core."""
+    serve = tf.saved_model.load(str(files["saved_model"])).signatures[SIGNATURE]
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads  # 0: onnxruntime's default, every core
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [session.run([OUTPUT], {INPUT: batch})[0] for batch in batches(images, batch_size)]
+    session = onnxruntime.InferenceSession(
+        str(files["onnx"]), options, providers=["CPUExecutionProvider"]
     )
+    interpreter = Interpreter(
+        model_path=str(files["tflite"]), num_threads=threads or available_cores()
+    )
+    tflite = interpreter.get_signature_runner(SIGNATURE)
+    return {
+        "saved_model": lambda x: serve(**{INPUT: tf.constant(x)})[OUTPUT].numpy(),
+        "onnx": lambda x: session.run([OUTPUT], {INPUT: x})[0],
+        "tflite": lambda x: tflite(**{INPUT: x})[OUTPUT],
+    }
 
 
-def tflite_probabilities(
-    path: Path, images: np.ndarray, batch_size: int, threads: int
-) -> np.ndarray:
-    interpreter = Interpreter(model_path=str(path), num_threads=threads or available_cores())
-    run = interpreter.get_signature_runner(SIGNATURE)
-    return np.concatenate([run(**{INPUT: batch})[OUTPUT] for batch in batches(images, batch_size)])
+def predict_in_batches(predict: Predict, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([predict(batch) for batch in batches(images, batch_size)])
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -226,16 +230,14 @@ def size_bytes(path: Path) -> int:
 def main() -> None:
     params = load_params()
     paths, settings = params.paths, params.export
-    outputs = {
-        "saved_model": Path(paths.saved_model),
-        "onnx": Path(paths.onnx_model),
-        "tflite": Path(paths.tflite_model),
-    }
+    outputs = export_files(paths)
     remove_stale_temporaries([*outputs.values(), Path(paths.export_metrics)])
     make_deterministic(params.seed, params.threads)
     trained = load_model(Path(paths.model))
     images = read_npz(Path(paths.test_data))["images"]
-    reference = keras_probabilities(trained, images, settings.batch_size)
+    reference = predict_in_batches(
+        lambda x: trained(x, training=False).numpy(), images, settings.batch_size
+    )
     serving = serving_module(float32_copy(trained))
 
     metrics: dict = {"test_images": len(images)}
@@ -250,15 +252,8 @@ def main() -> None:
             made["onnx"].write_bytes(onnx_bytes(serving, settings.onnx_opset))
             made["tflite"].write_bytes(tflite_bytes(made["saved_model"]))
             probabilities = {
-                "saved_model": saved_model_probabilities(
-                    made["saved_model"], images, settings.batch_size
-                ),
-                "onnx": onnx_probabilities(
-                    made["onnx"], images, settings.batch_size, params.threads
-                ),
-                "tflite": tflite_probabilities(
-                    made["tflite"], images, settings.batch_size, params.threads
-                ),
+                name: predict_in_batches(predict, images, settings.batch_size)
+                for name, predict in runtimes(made, params.threads).items()
             }
         # Every format is checked before any is written: a failed check leaves the last
         # good exports in place.

@@ -1,4 +1,4 @@
-"""Loading the trained model, for every command that uses it (evaluate, predict)."""
+"""Loading the trained model, for every command that uses it (evaluate, export, predict)."""
 
 import re
 from pathlib import Path
