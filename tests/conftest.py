@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stages import mnist
+from stages.download import MIRROR_ENV
+from stages.errors import PipelineError
 from stages.params import Params, parse_params
-from tests.helpers import PROJECT_ROOT, FileServer, params_with
+from tests.helpers import PROJECT_ROOT, FileServer, mnist_folder, params_with
 
 
 @pytest.fixture
@@ -36,12 +37,17 @@ def closed_port_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """A folder with the real MNIST files: $MNIST_MIRROR, else the project's downloaded data."""
-    raw_dir = PROJECT_ROOT / params_with({})["paths"]["raw_dir"]
-    folder = Path(os.environ.get("MNIST_MIRROR", raw_dir))
-    if not all((folder / name).exists() for name in mnist.SHA256):
-        pytest.fail(
-            f"the MNIST files are not in {folder}: set MNIST_MIRROR to a folder holding them"
+def mnist_dir(tmp_path_factory) -> Path:
+    """A folder with the real MNIST files, verified: $MNIST_MIRROR, the project's downloaded
+    data, or fetched once per test session as the download stage would (see mnist_folder)."""
+    params = parse_params(params_with({}))
+    try:
+        return mnist_folder(
+            os.environ.get(MIRROR_ENV),
+            PROJECT_ROOT / params.paths.raw_dir,
+            tmp_path_factory.mktemp("mnist"),
+            params.download,
         )
-    return folder.resolve()
+    except PipelineError as error:
+        problem = str(error)
+    pytest.fail(f"the tests need the MNIST files: {problem}", pytrace=False)

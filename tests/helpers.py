@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from stages import mnist
+from stages.download import download_file, mirror_urls, sha256_of
 from stages.files import write_npz
-from stages.params import PARAMS_FILE
+from stages.params import PARAMS_FILE, DownloadParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,29 @@ def params_with(changes: dict[str, object]) -> dict:
             section = section[parent]
         section[key] = value
     return params
+
+
+def mnist_folder(
+    mirror: str | None, raw_dir: Path, cache: Path, download: DownloadParams
+) -> Path:
+    """A folder holding the four MNIST files, each with its pinned SHA-256: `mirror`
+    ($MNIST_MIRROR) when it is such a folder, else `raw_dir` when a `dvc repro` filled it, else
+    `cache`, filled the way the download stage fills `raw_dir` (the same mirrors, $MNIST_MIRROR
+    first, checksums, timeouts and retries). Offline with no mirror: the stage's one-line
+    PipelineError, which names MNIST_MIRROR."""
+    local = [Path(mirror)] if mirror and "://" not in mirror else []
+    for folder in [*local, raw_dir]:
+        files = [folder / name for name in mnist.SHA256]
+        if all(file.is_file() for file in files) and all(
+            sha256_of(file) == mnist.SHA256[file.name] for file in files
+        ):
+            return folder.resolve()
+    mirrors = mirror_urls(download.mirrors, mirror)
+    for name, expected_sha256 in mnist.SHA256.items():
+        download_file(
+            name, expected_sha256, mirrors, cache, download.timeout_seconds, download.retries
+        )
+    return cache.resolve()
 
 
 def write_params(folder: Path, changes: dict[str, object]) -> dict:

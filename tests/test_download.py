@@ -6,7 +6,8 @@ import pytest
 from stages import mnist
 from stages.download import MIRROR_ENV, download_file, mirror_urls
 from stages.errors import PipelineError
-from tests.helpers import run_stage_cli, write_params
+from stages.params import parse_params
+from tests.helpers import mnist_folder, params_with, run_stage_cli, write_params
 
 NAME = "t10k-labels-idx1-ubyte.gz"
 PAYLOAD = bytes(range(256)) * 40
@@ -145,3 +146,40 @@ def test_a_stalled_server_cannot_hold_the_download(tmp_path, file_server, stalls
     )
     assert "Traceback" not in result.stderr
     assert leftovers(tmp_path / "data/raw") == []
+
+
+def test_the_tests_fetch_mnist_as_the_stage_does_and_accept_no_corrupt_copy(
+    tmp_path, file_server, mnist_dir
+):
+    """Without a usable $MNIST_MIRROR or data/raw, the test session fetches the files from the
+    download stage's mirrors into a folder of its own; a corrupt file in the local mirror is
+    neither used nor copied."""
+    for name in mnist.SHA256:
+        file_server.serve(f"/{name}", (mnist_dir / name).read_bytes())
+    corrupt_mirror = tmp_path / "mirror"
+    corrupt_mirror.mkdir()
+    for name in mnist.SHA256:
+        (corrupt_mirror / name).write_bytes((mnist_dir / name).read_bytes())
+    (corrupt_mirror / mnist.TEST_LABELS).write_bytes(b"not the labels")
+    download = parse_params(
+        params_with({"download.mirrors": [file_server.url], "download.retries": 0})
+    ).download
+    folder = mnist_folder(str(corrupt_mirror), tmp_path / "raw", tmp_path / "cache", download)
+    assert folder == (tmp_path / "cache").resolve()
+    for name, expected_sha256 in mnist.SHA256.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == expected_sha256
+    # Only the corrupt file had to come from the server.
+    assert file_server.requests == {f"/{mnist.TEST_LABELS}": 1}
+
+
+def test_the_tests_offline_without_a_mirror_fail_in_one_line_naming_it(
+    tmp_path, closed_port_url, monkeypatch
+):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    download = parse_params(
+        params_with({"download.mirrors": [closed_port_url], "download.retries": 0})
+    ).download
+    with pytest.raises(PipelineError) as error:
+        mnist_folder(None, tmp_path / "raw", tmp_path / "cache", download)
+    assert "\n" not in str(error.value)
+    assert str(error.value).endswith(f"set {MIRROR_ENV} to a folder or URL holding the MNIST files")

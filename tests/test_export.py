@@ -85,6 +85,11 @@ def test_export_writes_the_same_bytes_in_every_process(tmp_path):
 
     metrics = json.loads((tmp_path / "metrics/export.json").read_text())
     assert metrics["test_images"] == 96
+    # Trained in float32: the float32 copy is the same model.
+    assert metrics["float32_vs_training_precision"] == {
+        "agreement": 1.0,
+        "max_probability_difference": 0.0,
+    }
     paths = {"saved_model": OUTPUTS[0], "onnx": OUTPUTS[1], "tflite": OUTPUTS[2]}
     for name, path in paths.items():
         assert metrics[name]["agreement"] == 1.0
@@ -114,10 +119,44 @@ def test_a_mixed_precision_model_exports_to_float32_files(tmp_path, precision):
         np.float32,
         np.int32,
     }
-    # The Keras model computes in 16 bits, the exports in float32: close, not equal.
+    # The exports match the float32 copy they are made from; the Keras model computes in 16
+    # bits: close to them, not equal.
     metrics = json.loads((tmp_path / "metrics/export.json").read_text())
     for name in ("saved_model", "onnx", "tflite"):
-        assert 0 < metrics[name]["max_probability_difference"] < 0.01
+        assert metrics[name]["agreement"] == 1.0
+        assert metrics[name]["max_probability_difference"] < 1e-4
+    assert 0 < metrics["float32_vs_training_precision"]["max_probability_difference"] < 0.01
+
+
+def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp_path):
+    """A bfloat16 model on a near-tie that bfloat16 rounds away (hidden units 1.0 and 1.001,
+    one per digit): in bfloat16 it says 0 for every image, in float32 1. The exports, made
+    in float32, say 1 and pass the check even at min_agreement 1; the precision's effect is
+    recorded: no image agrees."""
+    params = tiny_project(tmp_path, "mixed_bfloat16", {"export.min_agreement": 1.0})
+    model_path = tmp_path / params["paths"]["model"]
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras.saving.load_model(model_path)
+        model.set_weights([np.zeros_like(weight) for weight in model.get_weights()])
+        hidden, output = model.layers[-3], model.layers[-1]
+        hidden.bias.assign(np.array([1.0, 1.001] + [0] * (hidden.units - 2), np.float32))
+        kernel = np.zeros(output.kernel.shape, np.float32)
+        kernel[0, 0] = kernel[1, 1] = 1.0
+        output.kernel.assign(kernel)
+        images = np.zeros((1, 28, 28, 1), np.float32)
+        assert model(images).numpy().argmax() == 0
+        assert float32_copy(model)(images).numpy().argmax() == 1
+        save_model(model, model_path)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+    result = run_stage_cli("export", tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert metrics["float32_vs_training_precision"]["agreement"] == 0.0
+    for name in ("saved_model", "onnx", "tflite"):
+        assert metrics[name]["agreement"] == 1.0
 
 
 def test_parity_counts_the_images_whose_digit_differs():
@@ -130,8 +169,8 @@ def test_parity_counts_the_images_whose_digit_differs():
     with pytest.raises(PipelineError) as failure:
         check_parity(Path("models/model.onnx"), result, min_agreement=0.999)
     assert str(failure.value) == (
-        "models/model.onnx: predicts the Keras model's digit for 75.00% of the test images,"
-        " expected at least 99.90% (export.min_agreement)"
+        "models/model.onnx: predicts the float32 Keras model's digit for 75.00% of the test"
+        " images, expected at least 99.90% (export.min_agreement)"
     )
 
 
