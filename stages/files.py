@@ -134,7 +134,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Strict JSON: NaN and Infinity, which strict parsers reject and which no result should
+    be, stop the stage instead."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        raise PipelineError(f"{path}: not written: a value is NaN or infinite") from None
+    write_text(path, text + "\n")
 
 
 def write_zip(path: Path, entries: Mapping[str, bytes], compression: int) -> None:

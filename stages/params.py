@@ -18,7 +18,8 @@ from stages.errors import PipelineError
 PARAMS_FILE = Path("params.yaml")
 
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# allow_inf_nan=False: `.inf` and `.nan` are floats to YAML, and no setting means them.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 

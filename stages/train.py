@@ -19,7 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from stages import mnist
-from stages.errors import run_stage
+from stages.errors import PipelineError, run_stage
 from stages.files import (
     read_npz,
     remove_stale_temporaries,
@@ -134,6 +134,24 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
     )
 
 
+class StopIfDiverged(keras.callbacks.Callback):
+    """A loss that is no longer finite stops training with one line: a diverged run must not
+    leave a model or metrics behind. Checked once per epoch, so training runs at full speed."""
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(value):
+                raise PipelineError(
+                    f"train: the {name.replace('val_', 'validation ')} became {value} in epoch"
+                    f" {epoch + 1} (train.learning_rate {self.learning_rate:g} too high?)"
+                )
+
+
 def train(
     model: keras.Model,
     train_data: dict,
@@ -157,6 +175,7 @@ def train(
         ),
         epochs=params.epochs,
         shuffle=False,  # the dataset shuffles itself, from the seed
+        callbacks=[StopIfDiverged(params.learning_rate)],
         verbose=verbose,
     )
     frame = pd.DataFrame(history.history)

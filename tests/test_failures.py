@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from stages.download import MIRROR_ENV
+from stages.errors import PipelineError
+from stages.files import write_json
 from stages.params import parse_params
 from stages.train import build_model, save_model
 from tests.helpers import (
@@ -201,6 +203,27 @@ def test_unsafe_model_is_not_loaded(tmp_path):
     message = error_line(run_stage_cli("evaluate", tmp_path))
     assert message.startswith("error: models/model.keras: not a loadable Keras model (ValueError: ")
     assert "lambda" in message.lower()
+
+
+def test_a_diverged_run_stops_in_one_line_and_writes_nothing(tmp_path):
+    """A learning rate that blows the loss up: the train stage names the epoch and the rate,
+    exits non-zero, and leaves no model, curves or metrics (so no NaN reaches a metrics file)."""
+    params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 3, "train.learning_rate": 1e30})
+    write_tiny_data(tmp_path, params)
+    message = error_line(run_stage_cli("train", tmp_path))
+    assert message.startswith("error: train: the loss became nan in epoch 1 ")
+    assert message.endswith(" (train.learning_rate 1e+30 too high?)")
+    paths = params["paths"]
+    for output in ("model", "train_metrics", "train_loss", "train_accuracy"):
+        assert not (tmp_path / paths[output]).exists()
+    assert temporaries(tmp_path) == []
+
+
+def test_no_metrics_file_holds_nan(tmp_path):
+    with pytest.raises(PipelineError) as error:
+        write_json(tmp_path / "metrics.json", {"accuracy": 0.5, "loss": float("nan")})
+    assert str(error.value) == f"{tmp_path / 'metrics.json'}: not written: a value is NaN or infinite"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_stops_training_in_one_line(tmp_path):

@@ -32,6 +32,18 @@ def test_committed_params_are_valid(default_params):
             "train.optimizer: input should be 'adam', 'sgd' or 'rmsprop' (got 'adamw')",
         ),
         ("train", "learnig_rate", 0.1, "train.learnig_rate: unknown key"),
+        (
+            "train",
+            "learning_rate",
+            float("inf"),
+            "train.learning_rate: input should be a finite number (got inf)",
+        ),
+        (
+            "download",
+            "timeout_seconds",
+            float("nan"),
+            "download.timeout_seconds: input should be a finite number (got nan)",
+        ),
         ("model", "dropout", 1.0, "model.dropout: input should be less than 1 (got 1.0)"),
         ("model", "conv_filters", [], "model.conv_filters: list should have at least 1 item"),
         (
