@@ -61,7 +61,9 @@ def measure(predict: Predict, singles: list[np.ndarray], batched: list[np.ndarra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.export_latency", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--repeats", type=int, default=500, help="single-image calls per format")
     parser.add_argument("--threads", type=int, default=available_cores())
     arguments = parser.parse_args()

@@ -149,7 +149,9 @@ def table(summary: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--seeds", type=int, default=1, help="runs per setup (seeds 0..N-1)")
     parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
     parser.add_argument("--output", type=Path, help="write the figures here as JSON")

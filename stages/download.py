@@ -114,7 +114,9 @@ def fetch(url: str, expected_sha256: str, timeout: float, name: str) -> bytes:
     transfer = Transfer(url, timeout)
     transfer.start()
     window_start, window_bytes, shown = time.monotonic(), 0, 0
-    with tqdm(unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty()) as progress:
+    # leave=False: the bar goes once the file is in; the stage prints its own line for it.
+    bar = {"unit": "B", "unit_scale": True, "desc": name, "leave": False}
+    with tqdm(**bar, disable=not sys.stderr.isatty()) as progress:
         while transfer.is_alive():
             transfer.join(POLL_SECONDS)
             progress.total = transfer.expected_bytes

@@ -75,7 +75,9 @@ def page(bundle: str, versions: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.offline_plots", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("-o", "--output", type=Path, default=TEMPLATE)
     output = parser.parse_args().output
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)

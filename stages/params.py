@@ -34,16 +34,19 @@ class PathsParams(Section):
     validation_data: str
     test_data: str
     model: str
+    model_info: str
     train_metrics: str
     train_loss: str
     train_accuracy: str
     evaluate_metrics: str
     predictions: str
+    per_digit: str
     evaluate_images: str
     saved_model: str
     onnx_model: str
     tflite_model: str
     export_metrics: str
+    export_details: str
 
 
 class DownloadParams(Section):

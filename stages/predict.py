@@ -40,7 +40,9 @@ def predictions(probabilities: np.ndarray, images: list[str]) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.predict", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP or GIF files")
     parser.add_argument("--model", type=Path, help="a .keras model (default: paths.model)")
     parser.add_argument("--json", action="store_true", help="print a JSON list")

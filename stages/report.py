@@ -79,18 +79,23 @@ def delta(number: float | None, percent: bool) -> str:
     return f"{number * 100:+.2f} pt" if percent else f"{number:+.4f}"
 
 
+def as_yaml(setting: object) -> str:
+    """A param's value as params.yaml spells it: null, true, [32, 64], adam."""
+    return setting if isinstance(setting, str) else json.dumps(setting)
+
+
 def params_section(diff: dict) -> list[str]:
     changed = {key: change for file in diff.values() for key, change in file.items()}
     if not changed:
         return ["No params changed."]
     rows = ["| param | base | this change |", "|---|---|---|"]
     for key, change in sorted(changed.items()):
-        rows.append(f"| `{key}` | {change.get('old')} | {change.get('new')} |")
+        rows.append(f"| `{key}` | {as_yaml(change.get('old'))} | {as_yaml(change.get('new'))} |")
     return rows
 
 
 def metrics_section(diff: dict, metrics_path: str) -> list[str]:
-    """The headline metrics, then the per-class F1 that moved most."""
+    """The headline metrics with their deltas (per digit: the plot)."""
     metrics = diff.get(metrics_path, {})
     rows = ["| metric | base | this change | change |", "|---|---|---|---|"]
     for key, name, percent in HEADLINE_METRICS:
@@ -99,23 +104,6 @@ def metrics_section(diff: dict, metrics_path: str) -> list[str]:
         change = new - old if old is not None and new is not None else None
         rows.append(
             f"| {name} | {value(old, percent)} | {value(new, percent)} | {delta(change, percent)} |"
-        )
-    per_class = {
-        key.split(".")[1]: entry
-        for key, entry in metrics.items()
-        if key.startswith("per_class.") and key.endswith(".f1")
-    }
-    moved = [
-        (abs(entry["new"] - entry["old"]), digit, entry)
-        for digit, entry in per_class.items()
-        if entry.get("old") is not None and entry.get("new") is not None
-    ]
-    if moved:
-        _, digit, entry = max(moved)
-        change = entry["new"] - entry["old"]
-        rows.append(
-            f"| F1 of digit {digit} (moved most) | {value(entry['old'], True)} |"
-            f" {value(entry['new'], True)} | {delta(change, True)} |"
         )
     return rows
 
@@ -184,7 +172,9 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--base", required=True, help="the revision to compare with, e.g. main")
     parser.add_argument("-o", "--output", type=Path, default=Path("report.md"))
     arguments = parser.parse_args()

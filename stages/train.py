@@ -1,11 +1,16 @@
 """Stage 3: train the convolutional network and save it with its training history.
 
+The learning curves and the train metrics are rewritten after every epoch, so a run can be
+followed as it goes (`dvc exp show`, `dvc plots show`, VS Code's DVC extension); how the model
+was made (precision, CPU, versions) goes beside it in a small info file, not in the metrics.
+
 With the default params the model is the seed notebook's: Conv2D(32) -> MaxPooling2D -> Flatten
 -> Dense(256) -> Dense(256) -> Dropout -> Dense(10), 1,674,570 trainable parameters.
 """
 
 import json
 import math
+import platform
 import sys
 import zipfile
 from pathlib import Path
@@ -28,8 +33,15 @@ from stages.files import (
     write_text,
     write_zip,
 )
-from stages.params import AugmentParams, ModelParams, Params, TrainParams, load_params
-from stages.runtime import make_deterministic, use_precision
+from stages.params import (
+    AugmentParams,
+    ModelParams,
+    Params,
+    PathsParams,
+    TrainParams,
+    load_params,
+)
+from stages.runtime import cpuinfo_field, make_deterministic, use_precision
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 CURVE_COLUMNS = ["epoch", "train", "validation"]
@@ -152,6 +164,20 @@ class StopIfDiverged(keras.callbacks.Callback):
                 )
 
 
+class LiveCurves(keras.callbacks.Callback):
+    """After every epoch, the curves and train metrics so far, written atomically: the last
+    write is the run's result, the ones before let a person watch the run."""
+
+    def __init__(self, paths: PathsParams) -> None:
+        super().__init__()
+        self.paths = paths
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows.append({"epoch": epoch + 1, **{k: (logs or {})[k] for k in HISTORY_COLUMNS[1:]}})
+        write_history(pd.DataFrame(self.rows, columns=HISTORY_COLUMNS), self.paths)
+
+
 def train(
     model: keras.Model,
     train_data: dict,
@@ -159,8 +185,10 @@ def train(
     params: TrainParams,
     seed: int,
     verbose: int,
+    callbacks: tuple[keras.callbacks.Callback, ...] = (),
 ) -> pd.DataFrame:
-    """Compile and fit `model`; return the per-epoch history."""
+    """Compile and fit `model`; return the per-epoch history. A diverged run stops first, so
+    `callbacks` never see a loss that is not finite."""
     steps_per_epoch = math.ceil(len(train_data["labels"]) / params.batch_size)
     model.compile(
         optimizer=make_optimizer(params, steps_per_epoch),
@@ -175,7 +203,7 @@ def train(
         ),
         epochs=params.epochs,
         shuffle=False,  # the dataset shuffles itself, from the seed
-        callbacks=[StopIfDiverged(params.learning_rate)],
+        callbacks=[StopIfDiverged(params.learning_rate), *callbacks],
         verbose=verbose,
     )
     frame = pd.DataFrame(history.history)
@@ -226,25 +254,44 @@ def learning_curve(history: pd.DataFrame, metric: str) -> pd.DataFrame:
     return curve.round(6)
 
 
-def summarize(history: pd.DataFrame, model: keras.Model, precision: str) -> dict:
+def summarize(history: pd.DataFrame) -> dict:
+    """The train metrics: the epochs done and the validation scores after the last, the
+    numbers worth a column in `dvc exp show` (the training set's are in the curves)."""
     last = history.iloc[-1]
     return {
         "epochs": int(last["epoch"]),
-        "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
+        "val_accuracy": round(float(last["val_accuracy"]), 6),
+        "val_loss": round(float(last["val_loss"]), 6),
+    }
+
+
+def history_files(paths: PathsParams) -> list[Path]:
+    return [Path(paths.train_loss), Path(paths.train_accuracy), Path(paths.train_metrics)]
+
+
+def write_history(history: pd.DataFrame, paths: PathsParams) -> None:
+    for metric, path in (("loss", paths.train_loss), ("accuracy", paths.train_accuracy)):
+        write_text(Path(path), learning_curve(history, metric).to_csv(index=False))
+    write_json(Path(paths.train_metrics), summarize(history))
+
+
+def model_info(model: keras.Model, precision: str) -> dict:
+    """How the model was made, beside it: what a person asks of a result but no metric."""
+    return {
         "precision": precision,
-        "train": {
-            "loss": round(float(last["loss"]), 6),
-            "accuracy": round(float(last["accuracy"]), 6),
-        },
-        "validation": {
-            "loss": round(float(last["val_loss"]), 6),
-            "accuracy": round(float(last["val_accuracy"]), 6),
-        },
+        "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
+        "cpu": cpuinfo_field("model name") or platform.processor() or platform.machine(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
     }
 
 
 def fit_model(
-    params: Params, train_data: dict, validation_data: dict, verbose: int
+    params: Params,
+    train_data: dict,
+    validation_data: dict,
+    verbose: int,
+    callbacks: tuple[keras.callbacks.Callback, ...] = (),
 ) -> tuple[keras.Model, pd.DataFrame, str]:
     """The stage without its files: build the model from `params`, train it from `params.seed`.
 
@@ -256,25 +303,30 @@ def fit_model(
     if verbose:
         model.summary()
         print(f"precision: {precision}")
-    history = train(model, train_data, validation_data, params.train, params.seed, verbose)
+    history = train(
+        model, train_data, validation_data, params.train, params.seed, verbose, callbacks
+    )
     return model, history, precision
 
 
 def main() -> None:
     params = load_params()
     paths = params.paths
-    outputs = [paths.model, paths.train_loss, paths.train_accuracy, paths.train_metrics]
-    remove_stale_temporaries([Path(path) for path in outputs])
+    outputs = [Path(paths.model), Path(paths.model_info), *history_files(paths)]
+    remove_stale_temporaries(outputs)
     train_data = read_npz(Path(paths.train_data))
     validation_data = read_npz(Path(paths.validation_data))
 
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where someone watches
-    model, history, precision = fit_model(params, train_data, validation_data, verbose)
-
-    save_model(model, Path(paths.model))
-    for metric, path in (("loss", paths.train_loss), ("accuracy", paths.train_accuracy)):
-        write_text(Path(path), learning_curve(history, metric).to_csv(index=False))
-    write_json(Path(paths.train_metrics), summarize(history, model, precision))
+    live = LiveCurves(paths)
+    try:
+        model, _, precision = fit_model(params, train_data, validation_data, verbose, (live,))
+        save_model(model, Path(paths.model))
+        write_json(Path(paths.model_info), model_info(model, precision))
+    except BaseException:  # diverged, interrupted, disk full: no result, not half of one
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

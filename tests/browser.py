@@ -2,7 +2,8 @@
 
 The page under test is copied with a probe script added at its end. Once the page has had
 time to render, the probe reports what a user would see: for each Vega plot the page embeds,
-how many data marks it drew (lines, points, matrix cells), and for each image whether it
+how many data marks it drew (lines, points, matrix cells, bars), how many numbers it wrote
+as marks (the confusion matrix's counts), what its axes say, and for each image whether it
 loaded. Chromium prints the resulting DOM, the test reads the report from it.
 """
 
@@ -28,7 +29,12 @@ window.addEventListener("load", () => setTimeout(() => {
     // Vega-Embed draws SVG: data marks are items of groups with the role "mark" (axes,
     // legends and titles have other roles).
     const marks = div ? div.querySelectorAll("svg g.role-mark > path").length : 0;
-    return { id, marks };
+    const texts = div ? div.querySelectorAll("svg g.role-mark > text").length : 0;
+    // Vega labels each axis for screen readers: "Y-axis titled 'actual digit' for ...".
+    const axes = div
+      ? [...div.querySelectorAll("svg g.role-axis")].map((g) => g.getAttribute("aria-label"))
+      : [];
+    return { id, marks, texts, axes };
   });
   const images = [...document.querySelectorAll("img")].map((img) => ({
     src: img.getAttribute("src"),
@@ -54,7 +60,8 @@ def find_browser() -> str:
 
 
 def render(page: Path) -> dict:
-    """Open `page` offline; return {"plots": [{id, marks}], "images": [{src, loaded}]}."""
+    """Open `page` offline; return {"plots": [{id, marks, texts, axes}],
+    "images": [{src, loaded}]}."""
     browser = find_browser()
     text = page.read_text(encoding="utf-8")
     # The Vega plots, as DVC's page embeds them: vegaEmbed('#<id>', spec).

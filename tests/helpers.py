@@ -112,9 +112,11 @@ class Repo:
             **(env or {}),
         }
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, *command: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900
+            command, cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=900
         )
         if check:
             assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"

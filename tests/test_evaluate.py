@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.evaluate import classification_metrics, confusion_matrix
+from stages.evaluate import classification_metrics, confusion_matrix, digit_scores
 from stages.files import write_npz
 from stages.params import parse_params
 from stages.train import build_model, save_model
@@ -24,16 +24,18 @@ def test_confusion_matrix_counts_actual_by_predicted():
 
 
 def test_metrics_on_a_known_case():
-    actual = np.array([0, 0, 1, 1, 2])
-    metrics = classification_metrics(actual, one_hot_probabilities([0, 1, 1, 1, 0]))
+    actual, predicted = np.array([0, 0, 1, 1, 2]), [0, 1, 1, 1, 0]
+    metrics = classification_metrics(actual, one_hot_probabilities(predicted))
     assert metrics["accuracy"] == pytest.approx(3 / 5)
+    scores = digit_scores(actual, np.array(predicted), 10).set_index("digit")
+    assert list(scores.columns) == ["precision", "recall", "f1"]
     # class 0: 1 of 2 predicted zeros right, 1 of 2 zeros found
-    assert metrics["per_class"]["0"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert scores.loc[0].tolist() == [0.5, 0.5, 0.5]
     # class 1: 2 of 3 predicted ones right, both ones found
-    assert metrics["per_class"]["1"]["precision"] == pytest.approx(2 / 3, abs=1e-6)
-    assert metrics["per_class"]["1"]["f1"] == pytest.approx(0.8)
+    assert scores.loc[1, "precision"] == pytest.approx(2 / 3)
+    assert scores.loc[1, "f1"] == pytest.approx(0.8)
     # class 2 never predicted, classes 3-9 absent: zero, not NaN
-    assert metrics["per_class"]["2"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert scores.loc[2].tolist() == [0.0, 0.0, 0.0]
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8) / 10)
 
 
@@ -70,7 +72,11 @@ def test_evaluate_stage_writes_metrics_table_and_images(tmp_path):
     predicted = model.predict(images[..., None], verbose=0).argmax(axis=1)
     assert table["predicted"].tolist() == predicted.tolist()
     assert metrics["accuracy"] == pytest.approx(float((predicted == labels).mean()))
-    assert set(metrics) == {"accuracy", "loss", "macro_f1", "per_class"}
+    assert set(metrics) == {"accuracy", "loss", "macro_f1"}
+    scores = pd.read_csv(tmp_path / params.paths.per_digit)
+    assert list(scores.columns) == ["digit", "precision", "recall", "f1"]
+    assert scores["digit"].tolist() == list(range(10))
+    assert scores["f1"].mean() == pytest.approx(metrics["macro_f1"], abs=1e-6)
     images_dir = tmp_path / params.paths.evaluate_images
     for name in ("confusion_matrix.png", "samples.png", "misclassified.png"):
         assert (images_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -24,7 +24,13 @@ from tests.helpers import (
     write_tiny_data,
 )
 
-OUTPUTS = ["models/saved_model", "models/model.onnx", "models/model.tflite", "metrics/export.json"]
+OUTPUTS = [
+    "models/saved_model",
+    "models/model.onnx",
+    "models/model.tflite",
+    "models/exports.json",
+    "metrics/export.json",
+]
 
 
 @pytest.fixture
@@ -83,7 +89,11 @@ def test_export_writes_the_same_bytes_in_every_process(tmp_path):
     assert digests(tmp_path) == made
     assert not list(tmp_path.rglob("*.tmp"))
 
-    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert json.loads((tmp_path / "metrics/export.json").read_text()) == {
+        "agreement": 1.0,
+        "vs_float32": 1.0,
+    }
+    metrics = json.loads((tmp_path / "models/exports.json").read_text())
     assert metrics["test_images"] == 96
     # Trained in float32: the float32 copy is the same model.
     assert metrics["float32_vs_training_precision"] == {
@@ -121,7 +131,7 @@ def test_a_mixed_precision_model_exports_to_float32_files(tmp_path, precision):
     }
     # The exports match the float32 copy they are made from; the Keras model computes in 16
     # bits: close to them, not equal.
-    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    metrics = json.loads((tmp_path / "models/exports.json").read_text())
     for name in ("saved_model", "onnx", "tflite"):
         assert metrics[name]["agreement"] == 1.0
         assert metrics[name]["max_probability_difference"] < 1e-4
@@ -153,7 +163,11 @@ def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp
 
     result = run_stage_cli("export", tmp_path)
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert json.loads((tmp_path / "metrics/export.json").read_text()) == {
+        "agreement": 1.0,
+        "vs_float32": 0.0,
+    }
+    metrics = json.loads((tmp_path / "models/exports.json").read_text())
     assert metrics["float32_vs_training_precision"]["agreement"] == 0.0
     for name in ("saved_model", "onnx", "tflite"):
         assert metrics[name]["agreement"] == 1.0

@@ -214,7 +214,7 @@ def test_a_diverged_run_stops_in_one_line_and_writes_nothing(tmp_path):
     assert message.startswith("error: train: the loss became nan in epoch 1 ")
     assert message.endswith(" (train.learning_rate 1e+30 too high?)")
     paths = params["paths"]
-    for output in ("model", "train_metrics", "train_loss", "train_accuracy"):
+    for output in ("model", "model_info", "train_metrics", "train_loss", "train_accuracy"):
         assert not (tmp_path / paths[output]).exists()
     assert temporaries(tmp_path) == []
 
@@ -222,7 +222,8 @@ def test_a_diverged_run_stops_in_one_line_and_writes_nothing(tmp_path):
 def test_no_metrics_file_holds_nan(tmp_path):
     with pytest.raises(PipelineError) as error:
         write_json(tmp_path / "metrics.json", {"accuracy": 0.5, "loss": float("nan")})
-    assert str(error.value) == f"{tmp_path / 'metrics.json'}: not written: a value is NaN or infinite"
+    path = tmp_path / "metrics.json"
+    assert str(error.value) == f"{path}: not written: a value is NaN or infinite"
     assert list(tmp_path.iterdir()) == []
 
 

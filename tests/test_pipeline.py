@@ -14,13 +14,21 @@ from pathlib import Path
 import pytest
 
 from tests import browser
-from tests.helpers import STAGES, Repo, copy_project, readme_code_block, readme_line
+from tests.helpers import (
+    STAGES,
+    Repo,
+    copy_project,
+    readme_code_block,
+    readme_line,
+    write_params,
+)
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
 PLOTS = {
     "plots/train/loss.csv": "Loss",
     "plots/train/accuracy.csv": "Accuracy",
     "plots/evaluate/predictions.csv": "Confusion matrix",
+    "plots/evaluate/per_digit.csv": "Scores per digit",
     "plots/evaluate/images/confusion_matrix.png": None,
     "plots/evaluate/images/samples.png": None,
     "plots/evaluate/images/misclassified.png": None,
@@ -111,8 +119,9 @@ def check_report(repo: Repo, before: dict, metrics: Path) -> None:
     old, new = before["accuracy"] * 100, after["accuracy"] * 100
     assert f"| test accuracy | {old:.2f} % | {new:.2f} % | {new - old:+.2f} pt |" in text
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # Loss, accuracy and the confusion matrices, then the misclassified digits of each revision.
-    assert len(pictures) == 3 + 2
+    # Loss, accuracy, the confusion matrices, the scores per digit, then the misclassified
+    # digits of each revision.
+    assert len(pictures) == 4 + 2
     for picture in pictures:
         assert (repo.root / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -121,12 +130,19 @@ def check_pages_render_offline(repo: Repo) -> None:
     """The pages `dvc plots show` and `dvc plots diff` wrote, in Chromium with no network:
     every Vega plot drew its marks, every image loaded. DVC's own page, which loads Vega from
     a CDN, draws none: what the project's template is for."""
-    vega_plots = 3  # loss, accuracy, confusion matrix
+    vega_plots = 4  # loss, accuracy, confusion matrix, scores per digit
     for page, images in (("shown/index.html", 3), ("compared/index.html", 6)):
         seen = browser.render(repo.root / page)
         assert len(seen["plots"]) == vega_plots, page
         assert all(plot["marks"] > 0 for plot in seen["plots"]), (page, seen["plots"])
         assert len(seen["images"]) == images and all(i["loaded"] for i in seen["images"]), page
+        # The confusion matrix as in the PNG: actual digits as rows, predicted as columns,
+        # a count in every cell of each revision's matrix.
+        (matrix,) = [plot for plot in seen["plots"] if plot["texts"]]
+        axes = [axis or "" for axis in matrix["axes"]]
+        assert any(axis.startswith("Y-axis titled 'actual digit'") for axis in axes), axes
+        assert any(axis.startswith("X-axis titled 'predicted digit'") for axis in axes), axes
+        assert matrix["texts"] >= 100, matrix
 
     repo.dvc("config", "--unset", "plots.html_template")
     repo.dvc("plots", "show", "-o", "default")
@@ -134,6 +150,32 @@ def check_pages_render_offline(repo: Repo) -> None:
     seen = browser.render(repo.root / "default/index.html")
     assert len(seen["plots"]) == vega_plots
     assert all(plot["marks"] == 0 for plot in seen["plots"])
+
+
+def test_training_curves_grow_during_an_experiment(repo):
+    """`dvc exp run` of three epochs: the loss curve and the train metrics are on disk after
+    each epoch, before the run ends, for `dvc exp show` and VS Code to show."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=3"],
+        cwd=repo.root,
+        env=repo.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    curve, metrics = repo.root / "plots/train/loss.csv", repo.root / "metrics/train.json"
+    seen = []  # (epochs in the curve, epochs in the metrics), each time either changes
+    while run.poll() is None:
+        try:
+            state = (len(curve.read_text().splitlines()) - 1, json.loads(metrics.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None  # not written yet (files are renamed into place, never half-written)
+        if state and (not seen or seen[-1] != (state[0], state[1]["epochs"])):
+            seen.append((state[0], state[1]["epochs"]))
+        time.sleep(0.02)
+    assert run.returncode == 0, run.stdout.read()
+    assert seen[0] == (1, 1) and seen[-1] == (3, 3), seen
+    assert (2, 2) in seen, seen
 
 
 def test_run_cache_restores_every_stage(repo):
@@ -152,57 +194,95 @@ def test_run_cache_restores_every_stage(repo):
     assert repo.results() | {"model": repo.read("models/model.keras")} == first
 
 
-def test_queued_sweep_runs_experiments_side_by_side(repo):
-    """The README's sweep commands, on tiny params: queue a grid, start two workers (each on
-    one thread), watch the queue until both are done, compare."""
-    repo.dvc("exp", "run", "--queue", "-S", "train.epochs=1,2", "-S", "threads=1")
-    repo.dvc("queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600  # guards the suite only: two tiny runs take ~1 minute
-    while (status := repo.dvc("queue", "status")).count("Success") < 2:
-        assert "Failed" not in status, status
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    while "Worker status: 0 active, 0 idle" not in status:  # the workers stop by themselves
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-        status = repo.dvc("queue", "status")
-
-    accuracy = {}
-    for baseline in json.loads(repo.dvc("exp", "show", "--json")):
-        for experiment in baseline.get("experiments") or []:
-            data = experiment["revs"][0]["data"]
-            params = data["params"]["params.yaml"]["data"]
-            assert params["threads"] == 1
-            epochs = params["train"]["epochs"]
-            accuracy[epochs] = data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
-    assert set(accuracy) == {1, 2}
-    assert all(0.1 < value <= 1 for value in accuracy.values())
-
-    compact = repo.dvc(
-        "exp", "show", "--only-changed", "--drop", "per_class|Created|State|Executor|models/"
-    )
-    assert "train.epochs" in compact and "accuracy" in compact
-    assert not any(column in compact for column in ("per_class", "Created", "models/"))
-
-
 def readme_command(prefix: str) -> list[str]:
     return shlex.split(readme_line(prefix), comments=True)
 
 
-def test_readme_quick_experiment(repo):
-    """The README's quick run, with the default 5,000 validation images: 2,000 training images
-    are what is left to train on after the hold-out."""
-    repo.set_params({"preprocess.validation_images": 5000})
-    command = readme_command("dvc exp run -S preprocess.max_train_images=2000")
-    output = repo.dvc(*command[1:])
+def experiments(repo: Repo) -> list[dict]:
+    """Each experiment's data from `dvc exp show --json`, in the order shown."""
+    rows = json.loads(repo.dvc("exp", "show", "--json"))
+    return [e["revs"][0]["data"] for row in rows for e in row.get("experiments") or []]
+
+
+def check_metrics_fit_a_terminal(repo: Repo, experiment: dict) -> None:
+    """In a 120-column terminal, with committed results and one experiment: `dvc metrics show`
+    fits, and `dvc exp show --only-changed` shows the test accuracy of the workspace and of
+    the experiment."""
+    narrow = {**repo.env, "COLUMNS": "120"}
+    shown = repo.run(sys.executable, "-m", "dvc", "metrics", "show", env=narrow).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 120, shown
+    table = repo.run(
+        sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager", env=narrow
+    ).stdout
+    lines = table.splitlines()
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header[:3] == ["Experiment", "Created", "accuracy"], table
+    accuracy = experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
+    rows = [line for line in lines if line.split()[:1] == ["workspace"] or "[" in line]
+    assert len(rows) == 2, table  # the workspace and the experiment (its name in brackets)
+    for row in rows:
+        assert f"{accuracy:.5g}" in row.split(), (accuracy, table)
+
+
+def wait_for_queue(repo: Repo, experiments: int) -> None:
+    """Poll `dvc queue status`, as the README says, until every queued experiment succeeded
+    and the workers stopped by themselves."""
+    deadline = time.monotonic() + 900  # guards the suite only
+    while (status := repo.dvc("queue", "status")).count("Success") < experiments:
+        assert "Failed" not in status, status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    while "Worker status: 0 active, 0 idle" not in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+        status = repo.dvc("queue", "status")
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
+    """The README's quick experiment, deeper model and sweep, each line exactly as written, in
+    the two precisions `precision: auto` picks on a CPU (bfloat16 where it has AVX512-BF16 or
+    AMX; forced here, it runs on any CPU). The quick experiment runs on the committed params;
+    the deeper model and the sweep, which as written train on all the data, run on quick
+    params committed as the baseline."""
+    copy_project(tmp_path)
+    repo = Repo(tmp_path, {"MNIST_MIRROR": str(mnist_dir)})
+    write_params(tmp_path, {"train.precision": precision})
+    repo.run("git", "init", "-q")
+    repo.commit("project")
+
+    output = repo.dvc(*readme_command("dvc exp run -S preprocess.max_train_images=2000")[1:])
     assert "data/prepared/train.npz: 2000 images" in output
     assert "data/prepared/validation.npz: 5000 images" in output
-    rows = json.loads(repo.dvc("exp", "show", "--json"))
-    experiments = [e for row in rows for e in row.get("experiments") or []]
-    assert len(experiments) == 1
-    data = experiments[0]["revs"][0]["data"]
-    assert data["params"]["params.yaml"]["data"]["preprocess"]["max_train_images"] == 2000
-    assert 0.1 < data["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
+    assert f"precision: {precision}" in output
+    (quick,) = experiments(repo)
+    assert quick["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
+    assert 0.1 < quick["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
+
+    repo.set_params({"train.precision": precision})
+    repo.commit("quick params")
+    repo.dvc(*readme_command("dvc exp run -S 'model.conv_filters=[32,64]'")[1:])
+    (deeper,) = experiments(repo)
+    assert deeper["params"]["params.yaml"]["data"]["model"]["conv_filters"] == [32, 64]
+    check_metrics_fit_a_terminal(repo, deeper)
+
+    queue, start, status, show = [
+        command
+        for line in readme_code_block("dvc queue start").splitlines()
+        if (command := shlex.split(line, comments=True))
+    ]
+    assert status == ["dvc", "queue", "status"]
+    repo.dvc(*queue[1:])
+    repo.dvc(*start[1:])
+    wait_for_queue(repo, 3)
+    # The sweep's three, each on one thread, beside the deeper model.
+    sweep = [e for e in experiments(repo) if e["params"]["params.yaml"]["data"]["threads"] == 1]
+    rates = sorted(e["params"]["params.yaml"]["data"]["train"]["learning_rate"] for e in sweep)
+    assert rates == [0.0005, 0.001, 0.002]
+    for experiment in sweep:
+        assert 0.1 < experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
+    table = repo.dvc(*show[1:])
+    assert "train.learning_rate" in table and "accuracy" in table and "Success" in table
 
 
 def child_processes(pid: int) -> list[tuple[int, str]]:
