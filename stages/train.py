@@ -11,6 +11,7 @@ With the default params the model is the seed notebook's: Conv2D(32) -> MaxPooli
 import json
 import math
 import platform
+import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -164,6 +165,34 @@ class StopIfDiverged(keras.callbacks.Callback):
                 )
 
 
+class InterruptBetweenBatches(keras.callbacks.Callback):
+    """Ctrl-C stops training at the next batch or epoch boundary, in this thread, instead of
+    wherever Python was: a KeyboardInterrupt raised inside Keras' or TensorFlow's own code
+    left the process hung, running nothing (2 of the first 2 tries of the Ctrl-C test under a
+    loaded CPU). The `*_batch_begin` hooks run in the main thread, between TensorFlow calls;
+    `*_batch_end` ones would stop Keras dispatching them in the background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+        self.default_handler = signal.getsignal(signal.SIGINT)
+
+    def request(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+
+    def stop_if_interrupted(self, *args: object, **kwargs: object) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self.default_handler)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        signal.signal(signal.SIGINT, self.request)
+
+    on_train_batch_begin = on_test_batch_begin = on_epoch_end = stop_if_interrupted
+
+
 class LiveCurves(keras.callbacks.Callback):
     """After every epoch, the curves and train metrics so far, written atomically: the last
     write is the run's result, the ones before let a person watch the run."""
@@ -196,16 +225,20 @@ def train(
         metrics=["accuracy"],
         steps_per_execution=params.steps_per_execution,
     )
-    history = model.fit(
-        training_dataset(train_data["images"], train_data["labels"], params, seed),
-        validation_data=evaluation_dataset(
-            validation_data["images"], validation_data["labels"], params.batch_size
-        ),
-        epochs=params.epochs,
-        shuffle=False,  # the dataset shuffles itself, from the seed
-        callbacks=[StopIfDiverged(params.learning_rate), *callbacks],
-        verbose=verbose,
-    )
+    interrupt = InterruptBetweenBatches()
+    try:
+        history = model.fit(
+            training_dataset(train_data["images"], train_data["labels"], params, seed),
+            validation_data=evaluation_dataset(
+                validation_data["images"], validation_data["labels"], params.batch_size
+            ),
+            epochs=params.epochs,
+            shuffle=False,  # the dataset shuffles itself, from the seed
+            callbacks=[interrupt, StopIfDiverged(params.learning_rate), *callbacks],
+            verbose=verbose,
+        )
+    finally:
+        interrupt.restore()
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame[HISTORY_COLUMNS]
