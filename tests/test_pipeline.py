@@ -212,7 +212,7 @@ def check_metrics_fit_a_terminal(repo: Repo, experiment: dict) -> None:
     shown = repo.run(sys.executable, "-m", "dvc", "metrics", "show", env=narrow).stdout
     assert max(len(line) for line in shown.splitlines()) <= 120, shown
     table = repo.run(
-        sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager", env=narrow
+        sys.executable, "-m", "dvc", "exp", "show", "--only-changed", env=narrow
     ).stdout
     lines = table.splitlines()
     header = next(line for line in lines if "Experiment" in line).split()
@@ -281,8 +281,12 @@ def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
     assert rates == [0.0005, 0.001, 0.002]
     for experiment in sweep:
         assert 0.1 < experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
-    table = repo.dvc(*show[1:])
-    assert "train.learning_rate" in table and "accuracy" in table and "Success" in table
+    narrow = {**repo.env, "COLUMNS": "120"}
+    table = repo.run(sys.executable, "-m", "dvc", *show[1:], env=narrow).stdout
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    columns = {"Experiment", "State", "accuracy", "val_accuracy", "train.learning_rate", "threads"}
+    assert set(header) == columns, table  # none folded away as `…`
+    assert table.count("Success") == 3, table
 
 
 def child_processes(pid: int) -> list[tuple[int, str]]:
