@@ -115,8 +115,14 @@ class Repo:
     def run(
         self, *command: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
+        """`env`: variables set for this command only, on top of the repository's."""
         result = subprocess.run(
-            command, cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=900
+            command,
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if check:
             assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"

@@ -208,7 +208,7 @@ def check_metrics_fit_a_terminal(repo: Repo, experiment: dict) -> None:
     """In a 120-column terminal, with committed results and one experiment: `dvc metrics show`
     fits, and `dvc exp show --only-changed` (which a terminal pages at its full width) shows
     the test accuracy of the workspace and of the experiment on its first screen."""
-    narrow = {**repo.env, "COLUMNS": "120"}
+    narrow = {"COLUMNS": "120"}
     shown = repo.run(sys.executable, "-m", "dvc", "metrics", "show", env=narrow).stdout
     assert max(len(line) for line in shown.splitlines()) <= 120, shown
     table = repo.run(sys.executable, "-m", "dvc", "exp", "show", "--only-changed", env=narrow)
@@ -280,7 +280,7 @@ def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
     assert rates == [0.0005, 0.001, 0.002]
     for experiment in sweep:
         assert 0.1 < experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
-    narrow = {**repo.env, "COLUMNS": "120"}
+    narrow = {"COLUMNS": "120"}
     table = repo.run(sys.executable, "-m", "dvc", *show[1:], env=narrow).stdout
     header = next(line for line in table.splitlines() if "Experiment" in line).split()
     columns = {"Experiment", "State", "accuracy", "val_accuracy", "train.learning_rate", "threads"}
