@@ -1,10 +1,14 @@
 """How a stage reports a failure the user can act on: one line on stderr and a non-zero exit."""
 
+import os
 import sys
 from collections.abc import Callable
 
 # The shell's convention for a process stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED_EXIT = 130
+# What TensorFlow raises when oneDNN has no kernel for an op's type on this CPU: bfloat16
+# with oneDNN forced on (TF_ENABLE_ONEDNN_OPTS=1) and capped below AVX-512 (ONEDNN_MAX_CPU_ISA).
+ONEDNN_WITHOUT_KERNEL = "could not create a primitive descriptor"
 
 
 class PipelineError(Exception):
@@ -12,7 +16,8 @@ class PipelineError(Exception):
 
 
 def run_stage(main: Callable[[], None]) -> int:
-    """Run a stage's main(); a PipelineError or Ctrl-C becomes one line and a non-zero exit.
+    """Run a stage's main(); a PipelineError, Ctrl-C or a oneDNN kernel missing for the model's
+    precision becomes one line and a non-zero exit.
 
     Outputs are written atomically (stages/files.py), so neither leaves a partial file behind.
     """
@@ -24,4 +29,19 @@ def run_stage(main: Callable[[], None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except Exception as error:
+        if ONEDNN_WITHOUT_KERNEL not in str(error):
+            raise
+        settings = ", ".join(
+            f"{name}={os.environ[name]}"
+            for name in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")
+            if name in os.environ
+        )
+        print(
+            f"error: TensorFlow's oneDNN has no kernel for this model's precision here "
+            f"({settings or 'oneDNN defaults'}): set TF_ENABLE_ONEDNN_OPTS=0 (Eigen's kernels) "
+            "or train.precision: float32",
+            file=sys.stderr,
+        )
+        return 1
     return 0

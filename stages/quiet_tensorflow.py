@@ -1,4 +1,5 @@
-"""Imported before TensorFlow by the stages that use it: keeps its start-up log off the console.
+"""Imported before TensorFlow by the stages that use it: keeps its start-up log off the console,
+and keeps oneDNN off where it would be asked for bfloat16 kernels it does not have.
 
 On a machine without a GPU, importing TensorFlow prints about nine lines ("Could not find cuda
 drivers", "E0000 ... failed call to cuInit", notes on CPU instructions) that read as failures.
@@ -11,7 +12,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 # Lines TensorFlow 2.21 prints at start-up on a machine without (or with) a GPU.
@@ -45,6 +46,25 @@ def native_stderr_filtered(noise: re.Pattern) -> Iterator[None]:
             sys.stderr.flush()
 
 
+# oneDNN instruction sets (ONEDNN_MAX_CPU_ISA values) without bfloat16 convolutions.
+ISAS_WITHOUT_BFLOAT16 = re.compile(r"SSE41|AVX|AVX2(_VNNI(_2)?)?", re.IGNORECASE)
+
+
+def onednn_lacks_bfloat16(environ: Mapping[str, str]) -> bool:
+    """Whether oneDNN is capped below AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, say), where it has no
+    bfloat16 convolution.
+
+    TensorFlow sends bfloat16 to its own Eigen kernels when the *CPU* lacks AVX-512 (a Zen 3),
+    but it does not see the cap: on an AVX-512 CPU capped to AVX2, a bfloat16 convolution fails
+    with "could not create a primitive descriptor". Turning oneDNN off there takes the path a
+    CPU without AVX-512 takes by default.
+    """
+    return bool(ISAS_WITHOUT_BFLOAT16.fullmatch(environ.get("ONEDNN_MAX_CPU_ISA", "").strip()))
+
+
+# Read once, when TensorFlow loads; an explicit TF_ENABLE_ONEDNN_OPTS of your own wins.
+if onednn_lacks_bfloat16(os.environ):
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # Info and warning lines off; errors stay (a setting of your own wins).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 with native_stderr_filtered(STARTUP_NOISE):

@@ -5,9 +5,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
+from stages.errors import run_stage
 from stages.files import read_npz
 from stages.params import parse_params
+from stages.quiet_tensorflow import onednn_lacks_bfloat16
 from stages.runtime import compute_capability, cpu_flags, resolve_precision
 from stages.train import (
     CURVE_COLUMNS,
@@ -16,7 +19,13 @@ from stages.train import (
     renumber_shared_objects,
     train,
 )
-from tests.helpers import TINY_MODEL, params_with, run_stage_cli, write_params, write_tiny_data
+from tests.helpers import (
+    TINY_MODEL,
+    params_with,
+    run_stage_cli,
+    write_params,
+    write_tiny_data,
+)
 
 
 def test_default_model_is_the_seed_notebooks(default_params):
@@ -152,6 +161,49 @@ def test_only_float16_training_scales_the_loss(tmp_path, precision):
     loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert loss_scaled == (precision == "mixed_float16")
     assert np.isfinite(history["loss"]).all()
+
+
+@pytest.mark.parametrize(
+    ("isa", "lacks"),
+    [("AVX2", True), ("avx2", True), ("AVX", True), ("SSE41", True), ("AVX2_VNNI", True),
+     ("AVX512_CORE", False), ("AVX512_CORE_BF16", False), ("ALL", False), ("", False)],
+)
+def test_onednn_capped_below_avx512_lacks_bfloat16(isa, lacks):
+    assert onednn_lacks_bfloat16({"ONEDNN_MAX_CPU_ISA": isa}) == lacks
+    assert not onednn_lacks_bfloat16({})
+
+
+def test_bfloat16_trains_where_onednn_has_no_kernel_for_it(tmp_path):
+    """oneDNN capped to AVX2, as on a CPU without AVX-512: on an AVX-512 CPU TensorFlow would
+    still hand bfloat16 convolutions to oneDNN and fail; the stage runs them through Eigen."""
+    params = write_params(
+        tmp_path, {**TINY_MODEL, "train.epochs": 1, "train.precision": "mixed_bfloat16"}
+    )
+    write_tiny_data(tmp_path, params)
+    result = run_stage_cli("train", tmp_path, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr
+    model = keras.models.load_model(tmp_path / params["paths"]["model"], compile=False)
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+
+
+def test_onednn_without_a_kernel_is_one_line(capsys, monkeypatch):
+    """With oneDNN forced on as well (TF_ENABLE_ONEDNN_OPTS=1), an AVX-512 CPU capped to AVX2
+    fails inside TensorFlow; this CPU may not (without AVX-512, TensorFlow falls back itself),
+    so the failure is raised here with TensorFlow's words."""
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+    def convolution_without_kernel() -> None:
+        raise tf.errors.InternalError(
+            None, None, "could not create a primitive descriptor for the convolution forward "
+            "propagation primitive. in file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1172"
+        )
+
+    assert run_stage(convolution_without_kernel) == 1
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1
+    assert "TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2" in line
+    assert "set TF_ENABLE_ONEDNN_OPTS=0" in line and "train.precision: float32" in line
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
