@@ -23,6 +23,7 @@ def run_stage(main: Callable[[], None]) -> int:
     """
     try:
         main()
+        params_unchanged()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -45,3 +46,16 @@ def run_stage(main: Callable[[], None]) -> int:
         )
         return 1
     return 0
+
+
+def params_unchanged() -> None:
+    """Stop, so that DVC records nothing, if the params this process read have changed since."""
+    from stages.params import changed_since_read  # stages.params raises this module's errors
+
+    for path in changed_since_read():
+        spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m stages.<command>
+        command = spec.name.rpartition(".")[2] if spec else "the stage"
+        raise PipelineError(
+            f"{path} changed while {command} ran: its outputs are for the params it read at the "
+            "start and are not recorded; run dvc repro again"
+        )

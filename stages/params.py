@@ -176,7 +176,33 @@ def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:
     raise PipelineError(describe_error(first, source, meant) + more)
 
 
+# What each load_params() call read, to tell whether the file changed while a stage ran.
+params_read: dict[Path, Params] = {}
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
+    params_read[path] = read_params(path)
+    return params_read[path]
+
+
+def changed_since_read() -> list[Path]:
+    """The params files read by this process whose params are no longer what it read.
+
+    DVC records a stage's params from the file as it is when the stage *ends*: an edit made
+    while it ran (or a `dvc exp run -S` started meanwhile) would be recorded, and cached, as the
+    params of outputs made from the old ones.
+    """
+    changed = []
+    for path, params in params_read.items():
+        try:
+            if read_params(path) != params:
+                changed.append(path)
+        except PipelineError:  # deleted, or no longer valid: changed too
+            changed.append(path)
+    return changed
+
+
+def read_params(path: Path) -> Params:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -337,3 +337,42 @@ def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(re
 
     assert repo.repro("-f") == STAGES  # uninterrupted, from scratch
     assert repo.results() | {"model": repo.read("models/model.keras")} == resumed
+
+
+def edit_params_file(repo: Repo) -> None:
+    repo.set_params({"train.epochs": 2})
+
+
+def start_an_experiment(repo: Repo) -> None:
+    """`dvc exp run -S` started during a `dvc repro`: DVC rewrites params.yaml, then finds the
+    repository locked and gives up, leaving the file rewritten."""
+    repo.run(sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=2", check=False)
+
+
+@pytest.mark.parametrize("change", [edit_params_file, start_an_experiment])
+def test_params_changed_while_training_are_not_recorded(repo, change):
+    """DVC reads a stage's params after it ran: a change made meanwhile would be recorded, and
+    cached, as the params of a model trained with the old ones. The stage stops instead."""
+    repo.set_params({"train.epochs": 6})
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo.root,
+        env={**repo.env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in repro.stdout:
+        if line.startswith("Epoch 2/6"):
+            break
+    change(repo)
+    assert "epochs: 2" in (repo.root / "params.yaml").read_text()
+    output, _ = repro.communicate(timeout=300)
+    assert repro.returncode != 0, output
+    assert (
+        "error: params.yaml changed while train ran: its outputs are for the params it read at "
+        "the start and are not recorded; run dvc repro again"
+    ) in output
+    assert "Traceback" not in output
+    assert "train:" not in (repo.root / "dvc.lock").read_text()
+    assert len(repo.run_records()) == 2  # download and preprocess, not train
