@@ -12,53 +12,91 @@ This command pushes those files too, as DVC 2 did.
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from dvc.repo import Repo
 from dvc_data.hashfile.hash_info import HashInfo
+from dvc_data.hashfile.tree import Tree
 
 from stages.errors import PipelineError, run_stage
 
 
-def records_made_here(repo: Repo, runs: Path) -> list[Path]:
-    """The run records (runs/<key[:2]>/<key>/<value>) whose files are all in this cache.
-    Records pulled from a remote come without their files, which stay where they were pushed
-    from; a record whose files were garbage-collected would name files nobody has."""
-    return [record for record in sorted(runs.glob("*/*/*")) if all_in_cache(repo, record)]
+@dataclass
+class RunRecord:
+    path: Path  # runs/<key[:2]>/<key>/<value>
+    files: dict[str, set[HashInfo]]  # by hash name ("md5", or DVC 2's "md5-dos2unix")
+    missing: list[str]  # outputs, or files in an output folder, not in this cache
 
 
-def all_in_cache(repo: Repo, record: Path) -> bool:
-    for output in yaml.safe_load(record.read_text()).get("outs", []):
+def read_record(repo: Repo, path: Path) -> RunRecord:
+    """A run record and the cache objects of every file it names: each output file, and each
+    folder's listing with every file in it."""
+    record = RunRecord(path, {}, [])
+    for output in yaml.safe_load(path.read_text()).get("outs", []):
         # DVC 2 records have no "hash" field: their md5 is the legacy (dos2unix) one.
-        legacy = output.get("hash", "md5-dos2unix") == "md5-dos2unix"
-        cache = repo.cache.legacy if legacy else repo.cache.local
-        if "md5" not in output or not cache.exists(output["md5"]):
-            return False
-    return True
+        hash_name = output.get("hash", "md5-dos2unix")
+        cache = repo.cache.legacy if hash_name == "md5-dos2unix" else repo.cache.local
+        name, md5 = output.get("path", "?"), output.get("md5")
+        if not md5 or not cache.exists(md5):
+            record.missing.append(name)
+            continue
+        objects = record.files.setdefault(hash_name, set())
+        objects.add(HashInfo(hash_name, md5))
+        if md5.endswith(".dir"):
+            for key, (_, entry) in Tree.load(cache, HashInfo(hash_name, md5)).iteritems():
+                if cache.exists(entry.value):
+                    objects.add(entry)
+                else:
+                    record.missing.append(f"{name}/{'/'.join(key)}")
+    return record
 
 
-def files_named(repo: Repo, records: list[Path]) -> set[HashInfo]:
-    keys = [(record.parent.name, record.name) for record in records]
-    return set().union(*repo.stage_cache.get_used_objs(keys).values())
+def push_run_cache(repo: Repo, remote: str | None) -> tuple[list[RunRecord], list[RunRecord], int]:
+    """Push the run records whose files are all in this cache, with those files; return the
+    records pushed, those skipped (a file missing here) and the number of files sent.
 
-
-def push_run_cache(repo: Repo, remote: str | None) -> tuple[int, int]:
-    """Push the run records made here and the files they name; return (records, new files)."""
+    Records pulled from a remote come without their files, which stay where they were pushed
+    from; a record whose files were garbage-collected names files nobody has.
+    """
     runs = Path(repo.stage_cache.cache_dir)
-    records = records_made_here(repo, runs)
-    result = repo.cloud.push(files_named(repo, records), remote=remote)
-    if result.failed:
-        raise PipelineError(
-            f"run-cache not pushed: {len(result.failed)} file(s) could not be sent to "
-            f"{remote or 'the default remote'}"
-        )
+    records = [read_record(repo, path) for path in sorted(runs.glob("*/*/*"))]
+    complete = [record for record in records if not record.missing]
+    wanted: dict[str, set[HashInfo]] = {}
+    for record in complete:
+        for hash_name, objects in record.files.items():
+            wanted.setdefault(hash_name, set()).update(objects)
+    sent = 0
+    for hash_name, objects in wanted.items():
+        storage = repo.cloud.get_remote_odb(remote, "push --run-cache", hash_name=hash_name)
+        result = repo.cloud.push(objects, remote=remote, odb=storage)
+        sent += len(result.transferred)
+        # What the remote now has, asked of the remote itself: a record must never name a
+        # file it lacks.
+        oids = {entry.value for entry in objects}
+        absent = oids - set(storage.oids_exist(sorted(oids)))
+        absent |= {entry.value for entry in result.failed}
+        if absent:
+            raise PipelineError(
+                f"run-cache not pushed: {len(absent)} file(s) are not on "
+                f"{remote or 'the default remote'} after the push; no run record was sent"
+            )
     # The records last, so that a record on the remote never names a file that is not there.
     storage = repo.cloud.get_remote_odb(remote, "push --run-cache", hash_name="md5-dos2unix")
-    for record in records:
-        target = storage.fs.join(storage.path, "runs", *record.relative_to(runs).parts)
-        storage.fs.put_file(str(record), target)
-    return len(records), len(result.transferred)
+    for record in complete:
+        target = storage.fs.join(storage.path, "runs", *record.path.relative_to(runs).parts)
+        storage.fs.put_file(str(record.path), target)
+    return complete, [record for record in records if record.missing], sent
+
+
+def skipped_line(record: RunRecord) -> str:
+    first, others = record.missing[0], len(record.missing) - 1
+    more = f" and {others} more" if others else ""
+    return (
+        f"skipped run record {record.path.parent.name[:8]}: {first}{more} not in this cache "
+        "(pulled without its files, or garbage-collected)"
+    )
 
 
 def main(arguments: list[str] | None = None) -> None:
@@ -70,7 +108,7 @@ def main(arguments: list[str] | None = None) -> None:
     remote = parser.parse_args(arguments).remote
     try:
         with Repo() as repo:
-            records, files = push_run_cache(repo, remote)
+            pushed, skipped, files = push_run_cache(repo, remote)
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -78,7 +116,9 @@ def main(arguments: list[str] | None = None) -> None:
         # server, a missing bucket or refused credentials: report any of them in one line.
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise PipelineError(f"run-cache not pushed: {reason}") from None
-    print(f"pushed {records} run record(s) and {files} new file(s)")
+    for record in skipped:
+        print(skipped_line(record))
+    print(f"pushed {len(pushed)} run record(s) and {files} new file(s); skipped {len(skipped)}")
 
 
 if __name__ == "__main__":

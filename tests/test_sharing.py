@@ -5,7 +5,10 @@ with the commands the README's "Share results" section shows."""
 import json
 import logging
 import re
+import shlex
+import shutil
 import socket
+import threading
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,9 +17,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import STAGES, Repo, copy_project
+from tests.helpers import STAGES, Repo, copy_project, readme_code_block
 
 BUCKET = "mnist-team"
 # Dummy credentials, for this test's environment only: moto accepts any.
@@ -82,6 +86,8 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     # The README's lines for an S3-compatible server, then its commit of the remote.
     a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
+    for line in readme_code_block("verify true").splitlines():
+        a.run(*shlex.split(line, comments=True))
     a.run("git", "add", ".dvc/config")
     a.run("git", "commit", "-q", "-m", "Team remote")
     assert "storage" in a.run("git", "show", "HEAD:.dvc/config").stdout
@@ -109,7 +115,7 @@ def test_run_cache_shares_a_param_set_run_elsewhere(team):
     assert a.repro() == ["train", "evaluate", "export"]
     a.dvc("push")
     pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout
-    assert re.fullmatch(r"pushed \d+ run record\(s\) and [1-9]\d* new file\(s\)\n", pushed)
+    assert re.fullmatch(r"pushed 3 run record\(s\) and [1-9]\d* new file\(s\); skipped 0\n", pushed)
 
     # `dvc pull --run-cache` brings the run records (a few hundred bytes each), not the files
     # they name; `dvc repro --pull` fetches those it needs and restores the stages.
@@ -246,3 +252,114 @@ def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value)
     assert failed.stderr.startswith("error: run-cache not pushed: ")
     assert len(failed.stderr.strip().splitlines()) == 1
     assert cache_listing(repo) == before
+
+
+def test_remote_settings_are_the_readmes(team):
+    config = team.clone("config").read(".dvc/config").decode()
+    for setting in ("verify = true", "connect_timeout = 10", "read_timeout = 30"):
+        assert setting in config
+
+
+def lock_entry(repo: Repo, stage: str, path: str) -> dict:
+    lock = yaml.safe_load(repo.read("dvc.lock"))
+    return next(out for out in lock["stages"][stage]["outs"] if out["path"] == path)
+
+
+def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
+    """`verify = true` (the README's set-up): DVC re-hashes what it downloads. A model whose
+    object was damaged on the remote is not checked out, nor kept under its name in the cache."""
+    a = team.clone("a-corrupt")
+    a.dvc("pull")
+    # A remote folder of its own: the other tests keep an intact one.
+    a.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/corrupt")
+    a.dvc("push")
+    a.commit("own remote")
+    md5 = lock_entry(a, "train", "models/model.keras")["md5"]
+    key = f"corrupt/files/md5/{md5[:2]}/{md5[2:]}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **boto_credentials())
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+
+    b = Repo(team.workdir / "b-corrupt", team.env)
+    subprocess.run(["git", "clone", "-q", str(a.root), str(b.root)], check=True)
+    failed = b.dvc_fails("pull")
+    assert "Checkout failed for following targets:\nmodels/model.keras" in failed.stderr
+    assert not (b.root / "models/model.keras").exists()
+    assert not (b.root / f".dvc/cache/files/md5/{md5[:2]}/{md5[2:]}").exists()
+    assert b.read("data/prepared/test.npz") == a.read("data/prepared/test.npz")  # the rest came
+
+
+def boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
+    """A file of the SavedModel folder gone from the local cache: the export's record is not
+    pushed (it would name a file the remote lacks), the line says so, the others go."""
+    a = team.clone("a-missing")
+    a.dvc("pull")
+    a.set_params({"train.epochs": 3})
+    assert a.repro() == ["train", "evaluate", "export"]
+    a.dvc("push")
+    folder = lock_entry(a, "export", "models/saved_model")["md5"]
+    listing = json.loads(a.read(f".dvc/cache/files/md5/{folder[:2]}/{folder[2:]}"))
+    lost = listing[0]
+    (a.root / f".dvc/cache/files/md5/{lost['md5'][:2]}/{lost['md5'][2:]}").unlink()
+
+    pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout.splitlines()
+    assert pushed[-1].startswith("pushed 2 run record(s) and ") and pushed[-1].endswith(
+        "; skipped 1"
+    )
+    assert re.fullmatch(
+        rf"skipped run record \w{{8}}: models/saved_model/{re.escape(lost['relpath'])} not in "
+        r"this cache \(pulled without its files, or garbage-collected\)",
+        pushed[0],
+    )
+
+    b = team.clone("b-missing")
+    b.set_params({"train.epochs": 3})
+    b.dvc("pull", "--run-cache")
+    assert b.repro("--pull") == ["export"]  # train and evaluate restored
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_silent_remote_fails_within_the_timeouts(team, silent_server):
+    """`dvc push` and push_run_cache to a server that never answers end with one error line.
+    (Repo.run's timeout guards the test; with no timeouts set, each would wait for hours.)"""
+    repo = Repo(team.workdir / "silent", team.env)
+    shutil.copytree(team.workdir / "a", repo.root)  # A's cache: every record with its files
+    repo.dvc("remote", "modify", "storage", "endpointurl", silent_server)
+    repo.dvc("remote", "modify", "storage", "read_timeout", "2")
+    repo.dvc("remote", "modify", "storage", "connect_timeout", "2")
+    env = {"AWS_MAX_ATTEMPTS": "1"}  # s3fs tries five times (with back-off), botocore once each
+
+    failed = repo.run(sys.executable, "-m", "dvc", "push", check=False, env=env)
+    assert failed.returncode != 0 and "Read timeout on endpoint URL" in failed.stderr
+    pushed = repo.run(sys.executable, "-m", "stages.push_run_cache", check=False, env=env)
+    assert pushed.returncode == 1, pushed.stderr
+    line = pushed.stderr.strip()
+    assert line.startswith("error: run-cache not pushed: Read timeout on endpoint URL"), line
+    assert "\n" not in line and "Traceback" not in pushed.stderr
