@@ -51,8 +51,8 @@ class PathsParams(Section):
 
 class DownloadParams(Section):
     mirrors: list[str]
-    timeout_seconds: PositiveFloat
-    retries: Annotated[int, Field(ge=0)]
+    timeout_seconds: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)]
+    retries: Annotated[int, Field(ge=0, le=10)]
 
 
 class PreprocessParams(Section):
@@ -62,9 +62,15 @@ class PreprocessParams(Section):
     max_test_images: PositiveInt | None
 
 
+# 100 million: 400 MB of float32 weights, about 1.6 GB with Adam's state and the gradients; 60
+# times the seed notebook's model.
+MAX_PARAMETERS = 100_000_000
+
+
 class ModelParams(Section):
     conv_filters: Annotated[list[PositiveInt], Field(min_length=1)]
-    conv_kernel: PositiveInt
+    # Larger than the image, a kernel ("same" padding) only adds zeros.
+    conv_kernel: Annotated[int, Field(gt=0, le=mnist.IMAGE_SIDE)]
     pool_size: PositiveInt
     dense_units: Annotated[list[PositiveInt], Field(min_length=1)]
     dropout: Fraction
@@ -84,6 +90,30 @@ class ModelParams(Section):
         else:
             return self
         raise PydanticCustomError("impossible_model", problem, {"field": "pool_size"})
+
+    @model_validator(mode="after")
+    def fits_in_memory(self) -> Self:
+        """Refuse, before any work, a model too large to train on any machine this runs on
+        (TensorFlow would fail deep inside with an out-of-memory or shape error)."""
+        if (count := self.parameter_count()) <= MAX_PARAMETERS:
+            return self
+        problem = (
+            f"{count:,} parameters; expected at most {MAX_PARAMETERS:,}: make "
+            "model.dense_units, model.conv_filters or model.conv_kernel smaller"
+        )
+        raise PydanticCustomError("impossible_model", problem, {"field": "dense_units"})
+
+    def parameter_count(self) -> int:
+        """What Keras' model.count_params() will say, computed without building the model."""
+        side, channels, count = mnist.IMAGE_SIDE, 1, 0
+        for filters in self.conv_filters:
+            count += (self.conv_kernel**2 * channels + 1) * filters
+            side, channels = side // self.pool_size, filters
+        inputs = side * side * channels
+        for units in [*self.dense_units, mnist.NUM_CLASSES]:
+            count += (inputs + 1) * units
+            inputs = units
+        return count
 
 
 class AugmentParams(Section):
@@ -122,8 +152,9 @@ class ExportParams(Section):
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0)]
-    threads: Annotated[int, Field(ge=0)]  # TensorFlow's threads per operation; 0: every core
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy and TensorFlow take
+    # TensorFlow's threads per operation; 0: every core. Thousands make training crawl.
+    threads: Annotated[int, Field(ge=0, le=256)]
     paths: PathsParams
     download: DownloadParams
     preprocess: PreprocessParams

@@ -62,6 +62,57 @@ def test_bad_value_names_the_key_and_what_is_expected(raw_params, section, key, 
     assert str(error.value).startswith(f"{PARAMS_FILE}: {expected}")
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"seed": 2**32}, "seed: input should be less than or equal to 4294967295 (got 4294967296)"),
+        ({"threads": 10000}, "threads: input should be less than or equal to 256 (got 10000)"),
+        (
+            {"download.retries": 10**9},
+            "download.retries: input should be less than or equal to 10 (got 1000000000)",
+        ),
+        (
+            {"download.timeout_seconds": 1e9},
+            "download.timeout_seconds: input should be less than or equal to 600 (got 1000000000.0)",
+        ),
+        (
+            {"model.conv_kernel": 1000},
+            "model.conv_kernel: input should be less than or equal to 28 (got 1000)",
+        ),
+        (
+            {"model.dense_units": [10**7]},
+            "model.dense_units: 62,830,000,330 parameters; expected at most 100,000,000: make "
+            "model.dense_units, model.conv_filters or model.conv_kernel smaller",
+        ),
+        (
+            {"model.conv_filters": [4096, 4096]},
+            "model.dense_units: 202,488,842 parameters; expected at most 100,000,000: make "
+            "model.dense_units, model.conv_filters or model.conv_kernel smaller",
+        ),
+    ],
+)
+def test_values_no_machine_can_run_are_refused(changes, expected):
+    """Each of these was a traceback from deep inside NumPy, TensorFlow or the socket module."""
+    with pytest.raises(PipelineError) as error:
+        parse_params(params_with(changes))
+    assert str(error.value) == f"{PARAMS_FILE}: {expected}"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"model.conv_filters": [8, 16, 32], "model.conv_kernel": 5, "model.pool_size": 2},
+        {"model.conv_filters": [4], "model.pool_size": 3, "model.dense_units": [7, 9, 11]},
+    ],
+)
+def test_parameter_count_is_keras(changes):
+    from stages.train import build_model  # TensorFlow only for this test
+
+    model = parse_params(params_with(changes)).model
+    assert model.parameter_count() == build_model(model).count_params()
+
+
 def test_missing_key_is_named(raw_params):
     del raw_params["train"]["batch_size"]
     with pytest.raises(PipelineError, match=r"^params.yaml: train.batch_size: missing key$"):
