@@ -9,6 +9,7 @@ output `probabilities`, float32 [N, 10].
 import hashlib
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -225,6 +226,31 @@ def check_parity(path: Path, result: dict, min_agreement: float) -> None:
         )
 
 
+def headline_metrics(details: dict) -> dict:
+    """The worst format's agreement, and the float32 model's with the trained one (informs;
+    not checked)."""
+    return {
+        "agreement": min(details[name]["agreement"] for name in FORMATS),
+        "vs_float32": details["float32_vs_training_precision"]["agreement"],
+    }
+
+
+def how_to_restore(paths: PathsParams) -> str:
+    """What a failed export leaves, told truthfully: run alone, the last exports stay where
+    they were; `dvc repro` deletes a stage's outputs before running it."""
+    return (
+        "no export written (after dvc repro: `dvc checkout export` and "
+        f"`git checkout {paths.export_metrics}` restore the last recorded ones)"
+    )
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def size_bytes(path: Path) -> int:
     if path.is_dir():
         return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
@@ -255,37 +281,38 @@ def main() -> None:
         "test_images": len(images),
         "float32_vs_training_precision": parity(in_training_precision, reference),
     }
-    with scratch_directory_beside(outputs["saved_model"]) as scratch:
-        made = {
-            "saved_model": scratch / "saved_model",
-            "onnx": scratch / "model.onnx",
-            "tflite": scratch / "model.tflite",
-        }
-        with native_stderr_filtered(CONVERTER_NOISE):
-            save_saved_model(serving, made["saved_model"])
-            made["onnx"].write_bytes(onnx_bytes(serving, settings.onnx_opset))
-            made["tflite"].write_bytes(tflite_bytes(made["saved_model"]))
-            probabilities = {
-                name: predict_in_batches(predict, images, settings.batch_size)
-                for name, predict in runtimes(made, params.threads).items()
+    try:
+        with scratch_directory_beside(outputs["saved_model"]) as scratch:
+            made = {
+                "saved_model": scratch / "saved_model",
+                "onnx": scratch / "model.onnx",
+                "tflite": scratch / "model.tflite",
             }
-        # Every format is checked before any is written: a failed check leaves the last
-        # good exports in place.
-        for name in FORMATS:
-            result = parity(reference, probabilities[name])
-            check_parity(outputs[name], result, settings.min_agreement)
-            details[name] = {**result, "size_bytes": size_bytes(made[name])}
-        replace_directory(made["saved_model"], outputs["saved_model"])
-        write_bytes(outputs["onnx"], made["onnx"].read_bytes())
-        write_bytes(outputs["tflite"], made["tflite"].read_bytes())
-    write_json(Path(paths.export_details), details)
-    # The headline numbers: the worst format's agreement, and the float32 model's with the
-    # trained one (informs; not checked).
-    metrics = {
-        "agreement": min(details[name]["agreement"] for name in FORMATS),
-        "vs_float32": details["float32_vs_training_precision"]["agreement"],
-    }
-    write_json(Path(paths.export_metrics), metrics)
+            with native_stderr_filtered(CONVERTER_NOISE):
+                save_saved_model(serving, made["saved_model"])
+                made["onnx"].write_bytes(onnx_bytes(serving, settings.onnx_opset))
+                made["tflite"].write_bytes(tflite_bytes(made["saved_model"]))
+                probabilities = {
+                    name: predict_in_batches(predict, images, settings.batch_size)
+                    for name, predict in runtimes(made, params.threads).items()
+                }
+            # Every format is checked before any is written.
+            for name in FORMATS:
+                result = parity(reference, probabilities[name])
+                check_parity(outputs[name], result, settings.min_agreement)
+                details[name] = {**result, "size_bytes": size_bytes(made[name])}
+            try:
+                replace_directory(made["saved_model"], outputs["saved_model"])
+                write_bytes(outputs["onnx"], made["onnx"].read_bytes())
+                write_bytes(outputs["tflite"], made["tflite"].read_bytes())
+                write_json(Path(paths.export_details), details)
+                write_json(Path(paths.export_metrics), headline_metrics(details))
+            except BaseException:  # disk full, Ctrl-C: never a new SavedModel beside old files
+                for path in [*outputs.values(), *reports]:
+                    remove_path(path)
+                raise
+    except PipelineError as error:
+        raise PipelineError(f"{error}; {how_to_restore(paths)}") from None
     training_precision = trained.layers[0].dtype_policy.name
     if training_precision != "float32":
         effect = details["float32_vs_training_precision"]

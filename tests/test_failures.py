@@ -22,6 +22,7 @@ from stages.train import build_model, save_model
 from tests.helpers import (
     PROJECT_ROOT,
     TINY_MODEL,
+    copy_project,
     error_line,
     idx_images,
     idx_labels,
@@ -103,6 +104,51 @@ def test_disk_full_while_saving_the_model(tmp_path, full_disk):
     )
     assert list(full_disk.iterdir()) == []
     assert not (tmp_path / params["paths"]["train_metrics"]).exists()
+
+
+def test_disk_full_while_exporting_leaves_no_half_set(tmp_path, full_disk):
+    """The ONNX file does not fit: no SavedModel, TFLite file or report of the new set stays
+    (nor of the old one, which the new SavedModel had already replaced), and the line says how
+    to get the last recorded exports back."""
+    params = write_params(
+        tmp_path, {**TINY_MODEL, "model.dense_units": [64], "paths.onnx_model": "full/m.onnx"}
+    )
+    write_tiny_data(tmp_path, params)
+    assert run_stage_cli("train", tmp_path).returncode == 0
+    paths = params["paths"]
+    outputs = ["saved_model", "onnx_model", "tflite_model", "export_metrics", "export_details"]
+    for key in outputs[1:]:
+        if not paths[key].startswith("full/"):
+            (tmp_path / paths[key]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / paths[key]).write_text("the last export's\n")
+    (tmp_path / paths["saved_model"]).mkdir(parents=True)
+    (tmp_path / paths["saved_model"] / "saved_model.pb").write_text("the last export's\n")
+
+    result = run_stage_cli("export", tmp_path)
+    assert error_line(result) == (
+        "error: full/m.onnx: could not write (No space left on device); no export written "
+        "(after dvc repro: `dvc checkout export` and `git checkout metrics/export.json` restore "
+        "the last recorded ones)"
+    )
+    assert [key for key in outputs if (tmp_path / paths[key]).exists()] == []
+    assert list(full_disk.iterdir()) == []
+    assert list((tmp_path / "models").glob(".*")) == []  # no scratch folder left
+
+
+def test_scratch_files_of_a_killed_stage_never_reach_git(tmp_path):
+    """`dvc repro` after a killed run may restore the stage from the run-cache without running
+    it, so nothing deletes the scratch folder: git must not see it."""
+    copy_project(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    scratch = tmp_path / "models/.saved_model.k3x9q2.tmp"
+    (scratch / "saved_model").mkdir(parents=True)
+    (scratch / "saved_model/saved_model.pb").write_bytes(b"half")
+    (tmp_path / "models/.model.keras.a8c1.tmp").write_bytes(b"half")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "models"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout
+    assert ".tmp" not in status
 
 
 def test_read_only_output_folder(tmp_path, read_only_folder):
