@@ -31,6 +31,11 @@ def load_model(path: Path) -> keras.Model:
     """
     if not path.exists():
         raise PipelineError(f"{path}: not found (run the train stage first)")
+    if path.suffix != ".keras":  # Keras would suggest TFSMLayer
+        raise PipelineError(
+            f"{path}: not a .keras file (this command runs Keras models; the ONNX, TFLite and "
+            "SavedModel exports run in their own runtimes: see the README, Serve the model)"
+        )
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many kinds for a corrupt or edited file

@@ -3,13 +3,16 @@
 MNIST digits are light ink on black, the ink's bounding box scaled to fit 20x20 pixels
 (anti-aliased, aspect ratio kept), then placed in a 28x28 image so that the ink's centre of
 mass is at the centre. A digit drawn dark on white, large and off-centre, is predicted wrongly
-unless it is made the same: these are the steps, each a small pure function.
+unless it is made the same: these are the steps, each a small pure function. Photos are lit
+unevenly (a shadow, light from one side): the paper's level is estimated locally, not once.
 """
 
+import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from stages import mnist
 from stages.errors import PipelineError
@@ -17,15 +20,40 @@ from stages.errors import PipelineError
 DIGIT_BOX = 20  # MNIST's digits fit 20x20 inside the 28x28 image
 # Ink is what stands out from the background by more than this (of 255); below, it is noise.
 INK_THRESHOLD = 64
+# ... and, in a photo, more than this share of the strongest ink: what is left of a shadow's
+# edge or a crease is fainter than any pen stroke.
+RELATIVE_INK = 0.4
+# Decoding costs about 4 bytes a pixel, more while converting: a 231 KB PNG can hold 13000x13000
+# pixels (3.4 GB). 50 megapixels is more than most phones' photos (12 to 48).
+MAX_PIXELS = 50_000_000
+# The background's level is estimated at this size (the longer side, in pixels) ...
+WORK_SIDE = 128
+# ... over windows this share of the longer side: wider than a pen stroke (a digit's strokes
+# are about a tenth of its height), narrower than a shadow or a change of light.
+STROKE_FRACTION = 0.15
+# Which way the ink goes is told in a GRID x GRID grid of cells.
+GRID = 8
 
 
 def read_grayscale(path: Path) -> np.ndarray:
-    """Any image Pillow reads (PNG, JPEG, BMP, GIF...), any mode, as float grayscale 0-255.
+    """Any image Pillow reads (PNG, JPEG, BMP, GIF, TIFF...), any mode, 8 or 16 bits, as float
+    grayscale 0-255.
 
     Transparent pixels count as white paper; a photo's EXIF orientation is applied.
     """
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"{path}: not a regular file (expected an image file)")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow's two-line warning about large images: refused in one line just below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > MAX_PIXELS:
+                raise PipelineError(
+                    f"{path}: {image.width}x{image.height} pixels, expected at most "
+                    f"{MAX_PIXELS // 1_000_000} megapixels (scale the image down)"
+                )
             image.load()
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found") from None
@@ -33,31 +61,85 @@ def read_grayscale(path: Path) -> np.ndarray:
         raise PipelineError(f"{path}: not an image (expected PNG, JPEG, BMP or GIF)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise PipelineError(f"{path}: cannot read the image ({error})") from None
-    image = ImageOps.exif_transpose(image)
+    try:
+        return grayscale(ImageOps.exif_transpose(image))
+    except (OSError, ValueError) as error:  # a mode Pillow cannot convert
+        raise PipelineError(f"{path}: cannot read {image.mode} images ({error})") from None
+
+
+def grayscale(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith(("I", "F")):  # 16- or 32-bit integers, floats: 16-bit if over 255
+        values = np.asarray(image, dtype=np.float32)
+        return values / 257 if values.max() > 255 else values
+    if image.mode == "LAB":  # its L channel is the lightness, 0-255
+        return np.asarray(image.getchannel("L"), dtype=np.float32)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         paper = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(paper, image.convert("RGBA"))
     return np.asarray(image.convert("L"), dtype=np.float32)
 
 
-def light_ink_on_dark(gray: np.ndarray) -> np.ndarray:
-    """Ink light, background dark (0), as in MNIST: the border tells the background.
+def working_copy(gray: np.ndarray) -> Image.Image:
+    """The image at WORK_SIDE pixels on its longer side (if larger), for the background."""
+    height, width = gray.shape
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return Image.fromarray(gray.astype(np.float32), mode="F").resize(size, Image.BOX)
 
-    A light border means dark ink on paper, so the image is inverted. The background level
-    is then subtracted, so that grey paper becomes black.
+
+def background(small: Image.Image, ink: str) -> np.ndarray:
+    """The background's level under `ink` ("dark" or "light") strokes, following uneven light:
+    a closing (the local max, then the local min) for dark strokes, an opening for light ones,
+    over a window wider than any stroke: the strokes fill in with the background around them,
+    while a shadow's edge or a gradient, which rise one way only, stay where they are."""
+    size = 2 * round(max(small.size) * STROKE_FRACTION / 2) + 1  # odd, for the filters
+    first, second = (ImageFilter.MaxFilter, ImageFilter.MinFilter)
+    if ink == "light":
+        first, second = second, first
+    # The light goes on beyond the border as at the border: without that, the filters would
+    # see a valley or a peak there that is not in the light, and put ink along the edge.
+    padded = Image.fromarray(np.pad(np.asarray(small), size, mode="edge"), mode="F")
+    level = padded.filter(first(size)).filter(second(size))
+    return np.asarray(level.crop((size, size, size + small.width, size + small.height)))
+
+
+def light_ink_on_dark(gray: np.ndarray) -> np.ndarray:
+    """Ink light, background dark (0), as in MNIST, under even or uneven light.
+
+    Light falling on paper multiplies its brightness, so dark ink is what the paper reflects
+    less than the paper around it, 1 - gray / paper: the same under a shadow as in full light.
+    Light ink on a dark background is what is brighter than the background around it.
     """
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:
-        gray = 255 - gray
-        border = 255 - border
-    return np.clip(gray - np.median(border), 0, 255)
+    ink = "dark" if dark_ink(gray) else "light"
+    level = Image.fromarray(background(working_copy(gray), ink), mode="F")
+    level = np.asarray(level.resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
+    if ink == "dark":
+        return np.clip(1 - gray / np.maximum(level, 1), 0, 1) * 255
+    return np.clip(gray - level, 0, 255)
+
+
+def dark_ink(gray: np.ndarray) -> bool:
+    """Whether the ink is darker than the background: in each cell of a GRID x GRID grid, the
+    strokes are the tail of the brightness values; over the image, the dark tails are longer
+    than the light ones. (Not the border's brightness: a shadow can darken most of a page's
+    border.)"""
+    height, width = gray.shape
+    row_edges = np.linspace(0, height, min(GRID, height) + 1).astype(int)
+    column_edges = np.linspace(0, width, min(GRID, width) + 1).astype(int)
+    dark_tails = light_tails = 0.0
+    for top, bottom in itertools.pairwise(row_edges):
+        for left, right in itertools.pairwise(column_edges):
+            low, middle, high = np.percentile(gray[top:bottom, left:right], [2, 50, 98])
+            dark_tails += middle - low
+            light_tails += high - middle
+    return dark_tails > light_tails
 
 
 def crop_to_ink(image: np.ndarray) -> np.ndarray:
     """The bounding box of the ink; raises ValueError if there is none (a blank canvas)."""
-    rows, columns = np.nonzero(image > INK_THRESHOLD)
-    if rows.size == 0:
+    if image.max() <= INK_THRESHOLD:
         raise ValueError("no ink found (a blank image?)")
+    rows, columns = np.nonzero(image > max(INK_THRESHOLD, image.max() * RELATIVE_INK))
     return image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
 
 

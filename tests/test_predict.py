@@ -3,7 +3,10 @@ light paper, enlarged, off-centre on a larger canvas, RGB PNG and JPEG), through
 line, against a model trained here on real MNIST."""
 
 import json
+import os
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import keras
@@ -14,7 +17,14 @@ from PIL import Image
 from stages.download import MIRROR_ENV
 from stages.files import read_npz
 from stages.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
-from tests.helpers import PROJECT_ROOT, copy_project, readme_line, run_stage_cli, write_params
+from tests.helpers import (
+    PROJECT_ROOT,
+    copy_project,
+    error_line,
+    readme_line,
+    run_stage_cli,
+    write_params,
+)
 
 # Enough training for a model that reads digits well (about 97 %), in under a minute.
 TRAINED = {
@@ -77,6 +87,65 @@ def test_user_style_images_get_the_digit_the_model_gives_the_original(project, t
     assert agree >= 98, f"{agree} of 100 agree"
 
 
+def gradient(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """Light from one side: full on one edge, a third of it on the opposite one."""
+    across = np.linspace(1.0, 0.35, width if rng.integers(2) else height)
+    field = np.tile(across, (height, 1)) if across.size == width else np.tile(across, (width, 1)).T
+    return field if rng.integers(2) else field[::-1, ::-1]
+
+
+def shadow(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A soft-edged shadow (40 % of the light) over a random half of the page, the digit's
+    part included."""
+    rows, columns = np.indices((height, width))
+    angle = rng.uniform(0, 2 * np.pi)
+    distance = (columns - width / 2) * np.cos(angle) + (rows - height / 2) * np.sin(angle)
+    edge = max(width, height) / 6  # the penumbra's width
+    return 0.4 + 0.6 / (1 + np.exp(-distance / (edge / 4)))
+
+
+@pytest.mark.parametrize("light", [gradient, shadow])
+def test_unevenly_lit_photos_read_like_evenly_lit_ones(project, tmp_path, light):
+    """The user-style digits under a light gradient or a shadow: the paper's level is local,
+    so a shadow is not taken for ink (it was: a shadowed 2 was read as a 1)."""
+    test = read_npz(project / "data/prepared/test.npz")
+    originals = test["images"][:100]
+    rng = np.random.default_rng(2)
+    paths = []
+    for index, digit in enumerate(originals):
+        photo = np.asarray(user_style(digit, rng), dtype=np.float32)
+        lit = photo * light(photo.shape[1], photo.shape[0], rng)[..., None]
+        path = tmp_path / f"digit_{index}.{'png' if index % 2 else 'jpg'}"
+        Image.fromarray(np.round(lit).astype(np.uint8)).save(path)
+        paths.append(str(path))
+
+    result = predict(project, "--json", *paths)
+    assert result.returncode == 0, result.stderr
+    named = [entry["digit"] for entry in json.loads(result.stdout)]
+    model = keras.models.load_model(project / "models/model.keras")
+    expected = model.predict(originals[..., None], verbose=0).argmax(axis=1).tolist()
+    agree = sum(a == b for a, b in zip(named, expected, strict=True))
+    assert agree >= 98, f"{agree} of 100 agree"
+
+
+def test_sixteen_bit_and_lab_images_are_read(project, tmp_path):
+    digit = read_npz(project / "data/prepared/test.npz")["images"][0]
+    eight_bit = np.asarray(user_style(digit, np.random.default_rng(3)).convert("L"))
+    sixteen = tmp_path / "sixteen.png"
+    Image.fromarray(eight_bit.astype(np.uint16) * 257).save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    lab = tmp_path / "lab.tif"
+    Image.fromarray(eight_bit).convert("RGB").convert("LAB").save(lab)
+    assert Image.open(lab).mode == "LAB"
+    plain = tmp_path / "plain.png"
+    Image.fromarray(eight_bit).save(plain)
+
+    result = predict(project, str(plain), str(sixteen), str(lab))
+    assert result.returncode == 0, result.stderr
+    digits = [line.split(": ")[1].split()[0] for line in result.stdout.splitlines()]
+    assert len(digits) == 3 and len(set(digits)) == 1, result.stdout
+
+
 def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_path):
     good = tmp_path / "seven.png"
     user_style(
@@ -89,8 +158,16 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 120), "white").save(blank)
     missing = tmp_path / "missing.png"
+    # 13000x13000 white pixels compress to a few hundred KB and decode to 3.4 GB.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(huge_png(13000, 13000))
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)  # would block a reader forever
 
-    result = predict(project, str(good), str(text), str(truncated), str(blank), str(missing))
+    result = predict(
+        project, str(good), str(text), str(truncated), str(blank), str(missing), str(huge),
+        str(fifo),
+    )
     assert result.returncode == 1
     assert result.stdout.startswith(f"{good}: ") and result.stdout.count("\n") == 1
     assert result.stderr.splitlines() == [
@@ -98,7 +175,29 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
         f"error: {truncated}: cannot read the image (image file is truncated)",
         f"error: {blank}: no ink found (a blank image?)",
         f"error: {missing}: not found",
+        f"error: {huge}: 13000x13000 pixels, expected at most 50 megapixels (scale the image down)",
+        f"error: {fifo}: not a regular file (expected an image file)",
     ]
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of white rows, written without holding the image in memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress((b"\0" + b"\xff" * width) * height, 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_a_model_in_another_format_is_named(project, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x07")
+    result = predict(project, "--model", str(onnx), str(PROJECT_ROOT / "examples/seven.png"))
+    assert error_line(result) == (
+        f"error: {onnx}: not a .keras file (this command runs Keras models; the ONNX, TFLite and "
+        "SavedModel exports run in their own runtimes: see the README, Serve the model)"
+    )
 
 
 def test_the_readme_example(project):
@@ -119,7 +218,7 @@ def test_preparation_steps_on_a_drawn_digit():
     paper = np.full((100, 60), 240.0)
     paper[10:90, 20:30] = 10  # a tall stroke: a "1"
     image = light_ink_on_dark(paper)
-    assert image[0, 0] == 0 and image[50, 25] == 230
+    assert image[0, 0] == 0 and image[50, 25] == 255 * (1 - 10 / 240)
     digit = fit_box(crop_to_ink(image))
     assert max(digit.shape) == 20 and digit.shape == (20, 2)
     centred = centre_by_mass(digit)
