@@ -80,6 +80,10 @@ def main() -> None:
     )
     parser.add_argument("-o", "--output", type=Path, default=TEMPLATE)
     output = parser.parse_args().output
+    if output == TEMPLATE and not TEMPLATE.parent.is_dir():  # would make a .dvc/ of its own
+        raise PipelineError(
+            f"{TEMPLATE.parent}/: not found: run this in the project's root, or give -o FILE"
+        )
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)
     write_text(output, page(bundle, versions()))
     print(f"{output}: {versions()}, {output.stat().st_size:,} bytes")

@@ -11,6 +11,7 @@ vl-convert, and both revisions' misclassified digits. Needs no terminal and no n
 """
 
 import argparse
+import html
 import json
 import shutil
 import subprocess
@@ -84,14 +85,41 @@ def as_yaml(setting: object) -> str:
     return setting if isinstance(setting, str) else json.dumps(setting)
 
 
+def table_cell(text: str) -> str:
+    """`text` shown as typed in a Markdown table cell: a `|` would end the cell, and HTML
+    would be rendered (or, on GitHub, dropped)."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
 def params_section(diff: dict) -> list[str]:
     changed = {key: change for file in diff.values() for key, change in file.items()}
     if not changed:
         return ["No params changed."]
     rows = ["| param | base | this change |", "|---|---|---|"]
     for key, change in sorted(changed.items()):
-        rows.append(f"| `{key}` | {as_yaml(change.get('old'))} | {as_yaml(change.get('new'))} |")
+        old, new = (table_cell(as_yaml(change.get(side))) for side in ("old", "new"))
+        rows.append(f"| `{key}` | {old} | {new} |")
     return rows
+
+
+def stale_stages() -> list[str]:
+    """The stages whose params, code or data changed since the workspace's results were made
+    (`dvc status`): their metrics are not what the params beside them give. Outputs or data
+    merely absent (a CI checkout that pulled nothing) do not count."""
+    stale = []
+    for name, changes in dvc_json("status").items():
+        for change in changes if isinstance(changes, list) else []:
+            deps = change.get("changed deps", {}) if isinstance(change, dict) else {}
+            if any(state != "deleted" for state in deps.values()):
+                stale.append(name.rpartition(":")[2])
+                break
+    return sorted(stale)
+
+
+def output_file(output: Path) -> Path:
+    if output.is_dir() or output.name in ("", ".", ".."):
+        raise PipelineError(f"-o {output}: is a folder; expected a file name such as report.md")
+    return output
 
 
 def metrics_section(diff: dict, metrics_path: str) -> list[str]:
@@ -178,13 +206,22 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the revision to compare with, e.g. main")
     parser.add_argument("-o", "--output", type=Path, default=Path("report.md"))
     arguments = parser.parse_args()
-    output: Path = arguments.output
+    output = output_file(arguments.output)
     files_dir = output.with_name(f"{output.stem}_files")
 
     paths = load_params().paths
     commit = resolve_base(arguments.base, paths.evaluate_metrics)
+    if not Path(".dvc").is_dir():
+        raise PipelineError("no .dvc/ here: run the report in the project's root")
     base = arguments.base
     params = params_section(dvc_json("params", "diff", base))
+    if stale := stale_stages():
+        warning = (
+            f"the workspace's results are not up to date ({', '.join(stale)} changed since "
+            "they ran): run dvc repro first, or these metrics are not the params' beside them"
+        )
+        print(f"warning: {warning}", file=sys.stderr)
+        params = [f"> **Warning:** {warning}.", "", *params]
     metrics = metrics_section(dvc_json("metrics", "diff", base, "--all"), paths.evaluate_metrics)
 
     # Everything is made in a scratch folder; only a complete report is moved into place.

@@ -124,6 +124,28 @@ def check_report(repo: Repo, before: dict, metrics: Path) -> None:
     assert len(pictures) == 4 + 2
     for picture in pictures:
         assert (repo.root / picture).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "Warning" not in text
+
+    # Params edited and not run: the report says so; a value with | and HTML stays one cell.
+    params = (repo.root / "params.yaml").read_text()
+    mirrors = json.loads(repo.dvc("params", "diff", "--all", "--json"))["params.yaml"]
+    mirror = "http://127.0.0.1:9/<b>a|b</b>/"
+    repo.set_params(
+        {"evaluate.sample_images": 5, "train.epochs": 2,
+         "download.mirrors": [*mirrors["download.mirrors"]["new"], mirror]}
+    )
+    stale = repo.run(sys.executable, *arguments)
+    warning = (
+        "the workspace's results are not up to date (download changed since they ran): run "
+        "dvc repro first, or these metrics are not the params' beside them"
+    )
+    assert stale.stderr.strip() == f"warning: {warning}"
+    text = (repo.root / "report.md").read_text()
+    assert f"> **Warning:** {warning}." in text
+    row = next(line for line in text.splitlines() if line.startswith("| `download.mirrors`"))
+    assert "http://127.0.0.1:9/&lt;b&gt;a\\|b&lt;/b&gt;/" in row
+    assert row.replace("\\|", "").count("|") == 4  # three cells
+    (repo.root / "params.yaml").write_text(params)
 
 
 def check_pages_render_offline(repo: Repo) -> None:

@@ -71,3 +71,33 @@ def test_committed_plots_template_is_what_the_command_writes(tmp_path):
     assert (tmp_path / ".dvc/offline_plots.html").read_bytes() == committed.read_bytes()
     assert "html_template = offline_plots.html" in (PROJECT_ROOT / ".dvc/config").read_text()
     assert committed.stat().st_size < 2_000_000
+
+
+@pytest.mark.parametrize("output", [".", "existing"])
+def test_output_that_is_a_folder(project, output):
+    (project / "existing").mkdir()
+    result = run_stage_cli("report", project, arguments=("--base", "HEAD", "-o", output))
+    assert error_line(result) == (
+        f"error: -o {output}: is a folder; expected a file name such as report.md"
+    )
+    assert sorted(path.name for path in project.iterdir()) == [".git", "existing", "params.yaml"]
+
+
+def test_git_repository_without_dvc(project):
+    """Committed metrics, but no .dvc/: one line, not DVC's "Having any troubles?" footer."""
+    metrics = project / params_with({})["paths"]["evaluate_metrics"]
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"accuracy": 0.9}\n')
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "metrics")
+    assert refused(report(project, "--base", "HEAD"), project) == (
+        "error: no .dvc/ here: run the report in the project's root"
+    )
+
+
+def test_offline_plots_outside_the_project_makes_no_dvc_folder(tmp_path):
+    result = run_stage_cli("offline_plots", tmp_path)
+    assert error_line(result) == (
+        "error: .dvc/: not found: run this in the project's root, or give -o FILE"
+    )
+    assert list(tmp_path.iterdir()) == []
