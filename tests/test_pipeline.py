@@ -329,11 +329,9 @@ def child_processes(pid: int) -> list[tuple[int, str]]:
     return below
 
 
-@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the stage's process in /proc")
-def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(repo):
-    """SIGKILL, which no code can catch, to the train stage in the middle of an epoch; then
-    `dvc repro`: the same bytes as an uninterrupted run, and no temporary file anywhere."""
-    repo.set_params({"train.epochs": 3})
+def repro_until_training_epoch_2(repo: Repo, epochs: int) -> subprocess.Popen:
+    """A `dvc repro` started in the background, once the train stage has finished epoch 1 and
+    begun epoch 2."""
     repro = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=repo.root,
@@ -343,8 +341,17 @@ def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(re
         text=True,
     )
     for line in repro.stdout:
-        if line.startswith("Epoch 2/3"):  # epoch 1 is done, epoch 2 has begun
+        if line.startswith(f"Epoch 2/{epochs}"):
             break
+    return repro
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the stage's process in /proc")
+def test_training_killed_mid_epoch_then_rerun_gives_the_uninterrupted_results(repo):
+    """SIGKILL, which no code can catch, to the train stage in the middle of an epoch; then
+    `dvc repro`: the same bytes as an uninterrupted run, and no temporary file anywhere."""
+    repo.set_params({"train.epochs": 3})
+    repro = repro_until_training_epoch_2(repo, epochs=3)
     train = [pid for pid, command in child_processes(repro.pid) if "stages.train" in command]
     assert train, "the train stage is not running"
     for pid in train:
@@ -376,17 +383,7 @@ def test_params_changed_while_training_are_not_recorded(repo, change):
     """DVC reads a stage's params after it ran: a change made meanwhile would be recorded, and
     cached, as the params of a model trained with the old ones. The stage stops instead."""
     repo.set_params({"train.epochs": 6})
-    repro = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"],
-        cwd=repo.root,
-        env={**repo.env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in repro.stdout:
-        if line.startswith("Epoch 2/6"):
-            break
+    repro = repro_until_training_epoch_2(repo, epochs=6)
     change(repo)
     assert "epochs: 2" in (repo.root / "params.yaml").read_text()
     output, _ = repro.communicate(timeout=300)

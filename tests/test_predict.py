@@ -68,25 +68,6 @@ def predict(project: Path, *arguments: str) -> subprocess.CompletedProcess:
     return run_stage_cli("predict", project, arguments=arguments)
 
 
-def test_user_style_images_get_the_digit_the_model_gives_the_original(project, tmp_path):
-    test = read_npz(project / "data/prepared/test.npz")
-    originals = test["images"][:100]
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, digit in enumerate(originals):
-        path = tmp_path / f"digit_{index}.{'png' if index % 2 else 'jpg'}"
-        user_style(digit, rng).save(path)
-        paths.append(str(path))
-
-    result = predict(project, "--json", *paths)
-    assert result.returncode == 0, result.stderr
-    named = [entry["digit"] for entry in json.loads(result.stdout)]
-    model = keras.models.load_model(project / "models/model.keras")
-    expected = model.predict(originals[..., None], verbose=0).argmax(axis=1).tolist()
-    agree = sum(a == b for a, b in zip(named, expected, strict=True))
-    assert agree >= 98, f"{agree} of 100 agree"
-
-
 def gradient(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """Light from one side: full on one edge, a third of it on the opposite one."""
     across = np.linspace(1.0, 0.35, width if rng.integers(2) else height)
@@ -104,13 +85,17 @@ def shadow(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     return 0.4 + 0.6 / (1 + np.exp(-distance / (edge / 4)))
 
 
-@pytest.mark.parametrize("light", [gradient, shadow])
-def test_unevenly_lit_photos_read_like_evenly_lit_ones(project, tmp_path, light):
-    """The user-style digits under a light gradient or a shadow: the paper's level is local,
-    so a shadow is not taken for ink (it was: a shadowed 2 was read as a 1)."""
+def even(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    return np.ones((height, width))
+
+
+@pytest.mark.parametrize("light", [even, gradient, shadow])
+def test_user_photos_get_the_digit_the_model_gives_the_original(project, tmp_path, light):
+    """100 test digits as user photos, lit evenly, by a gradient or under a shadow: the paper's
+    level is local, so a shadow is not taken for ink (it was: a shadowed 2 was read as a 1)."""
     test = read_npz(project / "data/prepared/test.npz")
     originals = test["images"][:100]
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(0)
     paths = []
     for index, digit in enumerate(originals):
         photo = np.asarray(user_style(digit, rng), dtype=np.float32)
