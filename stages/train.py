@@ -356,9 +356,15 @@ def main() -> None:
         model, _, precision = fit_model(params, train_data, validation_data, verbose, (live,))
         save_model(model, Path(paths.model))
         write_json(Path(paths.model_info), model_info(model, precision))
-    except BaseException:  # diverged, interrupted, disk full: no result, not half of one
+    except BaseException as error:  # diverged, interrupted, disk full: no result, not half of one
         for path in outputs:
             path.unlink(missing_ok=True)
+        if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+            raise PipelineError(
+                f"train: out of memory for a model of {params.model.parameter_count():,} "
+                f"parameters at train.batch_size {params.train.batch_size}: make the model "
+                "(model.dense_units, model.conv_filters) or train.batch_size smaller"
+            ) from None
         raise
 
 

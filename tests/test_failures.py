@@ -3,6 +3,7 @@ line naming the file, key or value, a non-zero exit, no traceback, nothing parti
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -104,6 +105,32 @@ def test_disk_full_while_saving_the_model(tmp_path, full_disk):
     )
     assert list(full_disk.iterdir()) == []
     assert not (tmp_path / params["paths"]["train_metrics"]).exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits memory with setrlimit(RLIMIT_AS)")
+def test_out_of_memory_while_training_is_one_line(tmp_path):
+    """A model under the parameter cap that the machine's memory cannot hold: here, the
+    process's address space limited to 3.5 GiB (TensorFlow and the data take about 2)."""
+    params = write_params(
+        tmp_path, {**TINY_MODEL, "model.dense_units": [60000, 600], "train.epochs": 1}
+    )
+    write_tiny_data(tmp_path, params, count=32)
+    limit = int(3.5 * 2**30)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert error_line(result) == (
+        "error: train: out of memory for a model of 83,106,650 parameters at "
+        "train.batch_size 16: make the model (model.dense_units, model.conv_filters) or "
+        "train.batch_size smaller"
+    )
+    assert not (tmp_path / params["paths"]["model"]).exists()
 
 
 def test_disk_full_while_exporting_leaves_no_half_set(tmp_path, full_disk):
