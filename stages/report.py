@@ -106,13 +106,13 @@ def stale_stages() -> list[str]:
     """The stages whose params, code or data changed since the workspace's results were made
     (`dvc status`): their metrics are not what the params beside them give. Outputs or data
     merely absent (a CI checkout that pulled nothing) do not count."""
-    stale = []
-    for name, changes in dvc_json("status").items():
-        for change in changes if isinstance(changes, list) else []:
-            deps = change.get("changed deps", {}) if isinstance(change, dict) else {}
-            if any(state != "deleted" for state in deps.values()):
-                stale.append(name.rpartition(":")[2])
-                break
+    stale = {
+        name.rpartition(":")[2]
+        for name, changes in dvc_json("status").items()
+        for change in changes
+        if isinstance(change, dict)  # "always changed" and the like are strings
+        and any(state != "deleted" for state in change.get("changed deps", {}).values())
+    }
     return sorted(stale)
 
 

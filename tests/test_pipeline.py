@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from tests import browser
 from tests.helpers import (
+    PROJECT_ROOT,
     STAGES,
     Repo,
     copy_project,
@@ -81,9 +83,28 @@ def test_pipeline_end_to_end(repo):
     check_pages_render_offline(repo)
     check_report(repo, before, repo.root / "metrics/evaluate.json")
 
+    check_exports_restored(repo)
+
     published = repo.results()
     assert repo.repro("-f") == STAGES
     assert repo.results() == published
+
+
+def check_exports_restored(repo: Repo) -> None:
+    """`dvc repro` deletes the export stage's outputs before running it: the README's two
+    commands, exactly as written, bring back the last recorded ones, byte for byte."""
+    repo.commit("two epochs")
+    outputs = ["models/model.onnx", "models/model.tflite", "models/exports.json",
+               "metrics/export.json", "models/saved_model/saved_model.pb"]
+    recorded = {path: repo.read(path) for path in outputs}
+    shutil.rmtree(repo.root / "models/saved_model")
+    for path in outputs[:-1]:
+        (repo.root / path).unlink()
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for command in ("dvc checkout export", "git checkout metrics/export.json"):
+        assert f"`{command}`" in readme
+        repo.run(*command.split())  # `dvc` of this interpreter's environment: on repo's PATH
+    assert {path: repo.read(path) for path in outputs} == recorded
 
 
 def check_exports_serve(repo: Repo) -> None:

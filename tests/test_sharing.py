@@ -47,6 +47,17 @@ class Team:
         return Repo(self.workdir / name, self.env)
 
 
+def s3_client(endpoint: str):
+    """boto3's S3 client for the test server, with the tests' dummy credentials."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
@@ -54,14 +65,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-    )
-    s3.create_bucket(Bucket=BUCKET)
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
     yield endpoint
     server.stop()
 
@@ -276,7 +280,7 @@ def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     a.commit("own remote")
     md5 = lock_entry(a, "train", "models/model.keras")["md5"]
     key = f"corrupt/files/md5/{md5[:2]}/{md5[2:]}"
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **boto_credentials())
+    s3 = s3_client(s3_endpoint)
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     s3.put_object(Bucket=BUCKET, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
 
@@ -287,14 +291,6 @@ def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     assert not (b.root / "models/model.keras").exists()
     assert not (b.root / f".dvc/cache/files/md5/{md5[:2]}/{md5[2:]}").exists()
     assert b.read("data/prepared/test.npz") == a.read("data/prepared/test.npz")  # the rest came
-
-
-def boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
-    }
 
 
 def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
