@@ -1,4 +1,5 @@
-"""CI: the virtual environment holds exactly what requirements.txt locks for this platform.
+"""CI: the virtual environment holds exactly what a lock (requirements.txt, or
+requirements-dev.txt: `python .ci/check_lock.py requirements-dev.txt`) pins for this platform.
 
 Every `name==version ; marker` line whose marker holds here must be installed at that version,
 and nothing else may be (pip, which makes the environment, aside).
@@ -31,7 +32,8 @@ def installed() -> dict[str, str]:
 
 
 def main() -> int:
-    lock, environment = locked(Path("requirements.txt")), installed()
+    lock_file = Path(sys.argv[1] if len(sys.argv) > 1 else "requirements.txt")
+    lock, environment = locked(lock_file), installed()
     problems = [
         f"{name}: locked {version}, installed {environment.get(name, 'nothing')}"
         for name, version in sorted(lock.items())
@@ -42,9 +44,9 @@ def main() -> int:
         if name not in lock
     ]
     for problem in problems:
-        print(f"error: requirements.txt: {problem}", file=sys.stderr)
+        print(f"error: {lock_file}: {problem}", file=sys.stderr)
     if not problems:
-        print(f"the environment is the lock: {len(lock)} packages")
+        print(f"the environment is {lock_file}: {len(lock)} packages")
     return 1 if problems else 0
 
 

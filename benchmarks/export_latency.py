@@ -11,19 +11,16 @@ this process, each on the same images, each warmed up first.
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-import stages.quiet_tensorflow  # noqa: F401  (before Keras: quiets TensorFlow's start-up log)
-
-# isort: split
 import numpy as np
 import tensorflow as tf
 
-from stages.export import Predict, batches, export_files, runtimes
-from stages.files import read_npz
-from stages.model_file import load_model
-from stages.params import load_params
-from stages.runtime import available_cores
+from mnist_cnn.files import read_npz
+from mnist_cnn.model import load_model
+from mnist_cnn.params import load_params
+from mnist_cnn.parity import Predict, batches, runtimes
+from mnist_cnn.serving import export_files
+from mnist_cnn.tensorflow_setup import available_cores
 
 
 def runners(threads: int) -> dict[str, Predict]:
@@ -31,7 +28,7 @@ def runners(threads: int) -> dict[str, Predict]:
     paths = load_params().paths
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras_model = load_model(Path(paths.model))
+    keras_model = load_model(paths.model)
     exports = runtimes(export_files(paths), threads)
     return {
         "Keras (.keras, model(x))": lambda x: keras_model(x, training=False).numpy(),
@@ -68,7 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=available_cores())
     arguments = parser.parse_args()
 
-    images = read_npz(Path(load_params().paths.test_data))["images"]
+    images = read_npz(load_params().paths.test_data)["images"]
     singles = batches(images[: arguments.repeats], 1)
     batched = batches(images, 1000)
     print(

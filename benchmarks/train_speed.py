@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 SETUPS = {
-    "reference": "seed notebook: plain Keras, Adam 0.001, batch 32, float32, arrays, no augmentation",
+    "reference": (
+        "seed notebook: plain Keras, Adam 0.001, batch 32, float32, arrays, no augmentation"
+    ),
     "project": "train stage, params.yaml as committed",
     "project-no-augment": "train stage, params.yaml with augmentation off",
 }
@@ -57,8 +59,8 @@ def train_project(
     train_data: dict, validation_data: dict, seed: int, augment: bool
 ) -> tuple[object, int]:
     """What `python -m stages.train` does, minus writing files."""
-    from stages.params import AugmentParams, load_params
-    from stages.train import fit_model
+    from mnist_cnn.params import AugmentParams, load_params
+    from mnist_cnn.training import fit_model
 
     params = load_params()
     settings = params.train
@@ -72,12 +74,12 @@ def train_project(
 
 def run_one(setup: str, seed: int, result_path: Path) -> None:
     """In a child process: train one setup, score it on the test set, write the figures."""
-    from stages.files import read_npz
-    from stages.params import load_params
+    from mnist_cnn.files import read_npz
+    from mnist_cnn.params import load_params
 
     paths = load_params().paths
     train_data, validation_data, test = (
-        read_npz(Path(path)) for path in (paths.train_data, paths.validation_data, paths.test_data)
+        read_npz(path) for path in (paths.train_data, paths.validation_data, paths.test_data)
     )
     started = time.perf_counter()
     if setup == "reference":
@@ -133,7 +135,8 @@ def summarize(runs: list[dict]) -> dict:
 def table(summary: dict) -> str:
     reference = summary["setups"]["reference"]
     lines = [
-        "| setup | s/epoch | images/s | train s | peak RSS MiB | test accuracy (mean ± sd) | time vs reference |",
+        "| setup | s/epoch | images/s | train s | peak RSS MiB | test accuracy (mean ± sd)"
+        " | time vs reference |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in summary["setups"].items():
@@ -165,7 +168,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from stages.runtime import available_cores, cpuinfo_field
+    from mnist_cnn.tensorflow_setup import available_cores, cpuinfo_field
 
     setups = ["reference"] + [name for name in args.setups if name != "reference"]
     runs: dict[str, list[dict]] = {name: [] for name in setups}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.download import MIRROR_ENV
-from stages.errors import PipelineError
-from stages.params import Params, parse_params
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.fetch import MIRROR_ENV
+from mnist_cnn.params import Params, parse_params
 from tests.helpers import PROJECT_ROOT, FileServer, mnist_folder, params_with
 
 

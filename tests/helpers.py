@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from stages import mnist
-from stages.download import download_file, mirror_urls, sha256_of
-from stages.files import write_npz
-from stages.params import PARAMS_FILE, DownloadParams
+from mnist_cnn import mnist
+from mnist_cnn.fetch import download_file, mirror_urls, sha256_of
+from mnist_cnn.files import write_npz
+from mnist_cnn.params import PARAMS_FILE, DownloadParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +31,25 @@ TINY_MODEL = {
 }
 
 
-def readme_line(prefix: str) -> str:
-    """The README's first line that starts with `prefix`: a command the tests run as shown."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    return next(line for line in readme.splitlines() if line.startswith(prefix))
+DOCUMENTATION = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 
 
-def readme_code_block(containing: str) -> str:
-    """The README's first fenced code block that contains `containing`, without its fences."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    blocks = re.findall(r"^```\w*\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL)
+def documented_text() -> str:
+    return "\n".join(page.read_text() for page in DOCUMENTATION)
+
+
+def documented_line(prefix: str) -> str:
+    """The first line of the README or docs/ that starts with `prefix`: a command the tests
+    run as shown."""
+    return next(line for line in documented_text().splitlines() if line.startswith(prefix))
+
+
+def documented_code_block(containing: str) -> str:
+    """The first fenced code block of the README or docs/ that contains `containing`, without
+    its fences."""
+    blocks = re.findall(
+        r"^```\w*\n(.*?)^```$", documented_text(), flags=re.MULTILINE | re.DOTALL
+    )
     return next(block for block in blocks if containing in block)
 
 
@@ -183,14 +192,30 @@ def run_stage_cli(
     cwd: Path,
     env: dict[str, str] | None = None,
     timeout: float = 300,
-    arguments: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` in `cwd`, as dvc.yaml does, with the project importable.
 
     `timeout` only guards the test suite against a stage that hangs.
     """
+    return run_module(f"stages.{stage}", (), cwd, env, timeout)
+
+
+def run_command(
+    arguments: tuple[str, ...], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m mnist_cnn <arguments>` in `cwd`, with the project importable."""
+    return run_module("mnist_cnn", arguments, cwd, env, timeout=300)
+
+
+def run_module(
+    module: str,
+    arguments: tuple[str, ...],
+    cwd: Path,
+    env: dict[str, str] | None,
+    timeout: float,
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}", *arguments],
+        [sys.executable, "-m", module, *arguments],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
         capture_output=True,

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from stages import mnist
-from stages.download import MIRROR_ENV, download_file, mirror_urls
-from stages.errors import PipelineError
-from stages.params import parse_params
+from mnist_cnn import mnist
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.fetch import MIRROR_ENV, download_file, mirror_urls
+from mnist_cnn.params import parse_params
 from tests.helpers import mnist_folder, params_with, run_stage_cli, write_params
 
 NAME = "t10k-labels-idx1-ubyte.gz"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT, readme_line
+from tests.helpers import PROJECT_ROOT, documented_line
 
 UV = Path(sys.executable).parent / "uv"  # pinned in the lock
 # What uv says when it cannot reach the package registry at all (no route, no name, refused).
@@ -51,7 +51,7 @@ def test_lock_is_what_the_compile_command_makes_of_requirements_in(tmp_path, uv_
     the package registry for metadata.)"""
     for name in ("requirements.in", "requirements.txt"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    command = shlex.split(readme_line("uv pip compile "))
+    command = shlex.split(documented_line("uv pip compile "))
     result = subprocess.run(
         [str(UV), *command[1:]],
         cwd=tmp_path,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from stages.params import PARAMS_FILE
+from mnist_cnn.params import PARAMS_FILE
 from tests.helpers import (
     PROJECT_ROOT,
     TINY_MODEL,
@@ -80,7 +80,7 @@ def test_tensorflow_start_up_log_is_filtered_and_other_lines_pass(tmp_path):
     dropped, anything else (a real error) still shows."""
     script = (
         "import os, re\n"
-        "from stages.quiet_tensorflow import STARTUP_NOISE, native_stderr_filtered\n"
+        "from mnist_cnn.tensorflow_setup import STARTUP_NOISE, native_stderr_filtered\n"
         "with native_stderr_filtered(STARTUP_NOISE):\n"
         "    os.write(2, b'I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
         "    os.write(2, b'E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\\n')\n"

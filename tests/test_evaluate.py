@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.evaluate import classification_metrics, confusion_matrix, digit_scores
-from stages.files import write_npz
-from stages.params import parse_params
-from stages.train import build_model, save_model
+from mnist_cnn.files import write_npz
+from mnist_cnn.metrics import classification_metrics, confusion_matrix, digit_scores
+from mnist_cnn.model import build_model, save_model
+from mnist_cnn.params import parse_params
 from tests.helpers import TINY_MODEL, run_stage_cli, write_params
 
 

@@ -11,10 +11,11 @@ import onnx
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from stages.errors import PipelineError
-from stages.export import canonical_names, check_parity, float32_copy, parity
-from stages.params import parse_params
-from stages.train import build_model, save_model
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.model import build_model, save_model
+from mnist_cnn.params import parse_params
+from mnist_cnn.parity import check_parity, parity
+from mnist_cnn.serving import canonical_names, float32_copy
 from tests.helpers import (
     TINY_MODEL,
     error_line,

@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from stages.download import MIRROR_ENV
-from stages.errors import PipelineError
-from stages.files import write_json
-from stages.params import parse_params
-from stages.train import build_model, save_model
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.fetch import MIRROR_ENV
+from mnist_cnn.files import write_json
+from mnist_cnn.model import build_model, save_model
+from mnist_cnn.params import parse_params
 from tests.helpers import (
     PROJECT_ROOT,
     TINY_MODEL,

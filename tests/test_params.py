@@ -4,9 +4,9 @@ import re
 import pytest
 import yaml
 
-from stages.errors import PipelineError
-from stages.params import PARAMS_FILE, parse_params
-from tests.helpers import params_with, readme_line
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.params import PARAMS_FILE, parse_params
+from tests.helpers import documented_line, params_with
 
 
 @pytest.fixture
@@ -65,7 +65,10 @@ def test_bad_value_names_the_key_and_what_is_expected(raw_params, section, key, 
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"seed": 2**32}, "seed: input should be less than or equal to 4294967295 (got 4294967296)"),
+        (
+            {"seed": 2**32},
+            "seed: input should be less than or equal to 4294967295 (got 4294967296)",
+        ),
         ({"threads": 10000}, "threads: input should be less than or equal to 256 (got 10000)"),
         (
             {"download.retries": 10**9},
@@ -73,7 +76,8 @@ def test_bad_value_names_the_key_and_what_is_expected(raw_params, section, key, 
         ),
         (
             {"download.timeout_seconds": 1e9},
-            "download.timeout_seconds: input should be less than or equal to 600 (got 1000000000.0)",
+            "download.timeout_seconds: input should be less than or equal to 600"
+            " (got 1000000000.0)",
         ),
         (
             {"model.conv_kernel": 1000},
@@ -107,7 +111,7 @@ def test_values_no_machine_can_run_are_refused(changes, expected):
     ],
 )
 def test_parameter_count_is_keras(changes):
-    from stages.train import build_model  # TensorFlow only for this test
+    from mnist_cnn.model import build_model  # TensorFlow only for this test
 
     model = parse_params(params_with(changes)).model
     assert model.parameter_count() == build_model(model).count_params()
@@ -120,7 +124,7 @@ def test_missing_key_is_named(raw_params):
 
 
 def test_readme_command_for_the_notebook_setup():
-    command = readme_line("dvc exp run -S train.epochs=10")
+    command = documented_line("dvc exp run -S train.epochs=10")
     changes = dict(setting.split("=") for setting in re.findall(r"-S (\S+)", command))
     params = parse_params(
         params_with({key: yaml.safe_load(value) for key, value in changes.items()})

@@ -20,8 +20,8 @@ from tests.helpers import (
     STAGES,
     Repo,
     copy_project,
-    readme_code_block,
-    readme_line,
+    documented_code_block,
+    documented_line,
     write_params,
 )
 
@@ -114,7 +114,7 @@ def check_exports_serve(repo: Repo) -> None:
     predictions = (repo.root / "plots/evaluate/predictions.csv").read_text().splitlines()
     expected = [int(row.split(",")[1]) for row in predictions[1:6]]
     for runtime in ("onnxruntime.InferenceSession", "Interpreter(model_path"):
-        printed = repo.run(sys.executable, "-c", readme_code_block(runtime)).stdout
+        printed = repo.run(sys.executable, "-c", documented_code_block(runtime)).stdout
         assert [int(digit) for digit in re.findall(r"\d", printed)] == expected, printed
     shown = repo.run(*readme_command("saved_model_cli show ")).stdout
     for line in ("inputs['images'] tensor_info:", "outputs['probabilities'] tensor_info:"):
@@ -238,7 +238,7 @@ def test_run_cache_restores_every_stage(repo):
 
 
 def readme_command(prefix: str) -> list[str]:
-    return shlex.split(readme_line(prefix), comments=True)
+    return shlex.split(documented_line(prefix), comments=True)
 
 
 def experiments(repo: Repo) -> list[dict]:
@@ -310,7 +310,7 @@ def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
 
     queue, start, status, show = [
         command
-        for line in readme_code_block("dvc queue start").splitlines()
+        for line in documented_code_block("dvc queue start").splitlines()
         if (command := shlex.split(line, comments=True))
     ]
     assert status == ["dvc", "queue", "status"]

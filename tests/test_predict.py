@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.download import MIRROR_ENV
-from stages.files import read_npz
-from stages.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
+from mnist_cnn.fetch import MIRROR_ENV
+from mnist_cnn.files import read_npz
+from mnist_cnn.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
 from tests.helpers import (
     PROJECT_ROOT,
     copy_project,
+    documented_line,
     error_line,
-    readme_line,
+    run_command,
     run_stage_cli,
     write_params,
 )
@@ -65,7 +66,7 @@ def user_style(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def predict(project: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return run_stage_cli("predict", project, arguments=arguments)
+    return run_command(("predict", *arguments), project)
 
 
 def gradient(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -168,11 +169,13 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
 def huge_png(width: int, height: int) -> bytes:
     """A valid grayscale PNG of white rows, written without holding the image in memory."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
 
     rows = zlib.compress((b"\0" + b"\xff" * width) * height, 9)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 def test_a_model_in_another_format_is_named(project, tmp_path):
@@ -190,7 +193,7 @@ def test_the_readme_example(project):
     for path in (PROJECT_ROOT / "examples").iterdir():
         (project / "examples").mkdir(exist_ok=True)
         (project / "examples" / path.name).write_bytes(path.read_bytes())
-    command = readme_line("python -m stages.predict examples/")
+    command = documented_line("python -m stages.predict examples/")
     result = predict(project, *command.split()[3:])
     assert result.returncode == 0, result.stderr
     image, _, rest = result.stdout.strip().partition(": ")

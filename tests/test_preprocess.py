@@ -3,15 +3,10 @@ import gzip
 import numpy as np
 import pytest
 
-from stages import mnist
-from stages.errors import PipelineError
-from stages.preprocess import (
-    load_pair,
-    parse_images,
-    parse_labels,
-    split_validation,
-    subset,
-)
+from mnist_cnn import mnist
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.mnist import load_pair, parse_images, parse_labels
+from mnist_cnn.splits import split_validation, subset
 from tests.helpers import idx_images, idx_labels, write_gz
 
 

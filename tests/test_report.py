@@ -12,13 +12,13 @@ from tests.helpers import (
     copy_project,
     error_line,
     params_with,
-    run_stage_cli,
+    run_command,
     write_params,
 )
 
 
 def report(folder, *arguments: str) -> subprocess.CompletedProcess:
-    return run_stage_cli("report", folder, arguments=("-o", "report.md", *arguments))
+    return run_command(("report", "-o", "report.md", *arguments), folder)
 
 
 def git(folder, *arguments: str) -> None:
@@ -65,7 +65,7 @@ def test_committed_plots_template_is_what_the_command_writes(tmp_path):
     vl-convert-python: the same bytes as the committed template, which DVC's config names."""
     copy_project(tmp_path)
     (tmp_path / ".dvc/offline_plots.html").unlink()
-    result = run_stage_cli("offline_plots", tmp_path)
+    result = run_command(("offline-plots",), tmp_path)
     assert result.returncode == 0, result.stderr
     committed = PROJECT_ROOT / ".dvc/offline_plots.html"
     assert (tmp_path / ".dvc/offline_plots.html").read_bytes() == committed.read_bytes()
@@ -76,7 +76,7 @@ def test_committed_plots_template_is_what_the_command_writes(tmp_path):
 @pytest.mark.parametrize("output", [".", "existing"])
 def test_output_that_is_a_folder(project, output):
     (project / "existing").mkdir()
-    result = run_stage_cli("report", project, arguments=("--base", "HEAD", "-o", output))
+    result = run_command(("report", "--base", "HEAD", "-o", output), project)
     assert error_line(result) == (
         f"error: -o {output}: is a folder; expected a file name such as report.md"
     )
@@ -96,7 +96,7 @@ def test_git_repository_without_dvc(project):
 
 
 def test_offline_plots_outside_the_project_makes_no_dvc_folder(tmp_path):
-    result = run_stage_cli("offline_plots", tmp_path)
+    result = run_command(("offline-plots",), tmp_path)
     assert error_line(result) == (
         "error: .dvc/: not found: run this in the project's root, or give -o FILE"
     )

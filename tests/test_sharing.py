@@ -8,9 +8,9 @@ import re
 import shlex
 import shutil
 import socket
-import threading
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import STAGES, Repo, copy_project, readme_code_block
+from tests.helpers import STAGES, Repo, copy_project, documented_code_block
 
 BUCKET = "mnist-team"
 # Dummy credentials, for this test's environment only: moto accepts any.
@@ -90,7 +90,7 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     # The README's lines for an S3-compatible server, then its commit of the remote.
     a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
-    for line in readme_code_block("verify true").splitlines():
+    for line in documented_code_block("verify true").splitlines():
         a.run(*shlex.split(line, comments=True))
     a.run("git", "add", ".dvc/config")
     a.run("git", "commit", "-q", "-m", "Team remote")
@@ -118,7 +118,7 @@ def test_run_cache_shares_a_param_set_run_elsewhere(team):
     a.set_params({"train.epochs": 2})
     assert a.repro() == ["train", "evaluate", "export"]
     a.dvc("push")
-    pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout
+    pushed = a.run(sys.executable, "-m", "mnist_cnn", "push-run-cache").stdout
     assert re.fullmatch(r"pushed 3 run record\(s\) and [1-9]\d* new file\(s\); skipped 0\n", pushed)
 
     # `dvc pull --run-cache` brings the run records (a few hundred bytes each), not the files
@@ -251,7 +251,7 @@ def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value)
     assert "ERROR" in failed.stderr
     assert cache_listing(repo) == before
 
-    failed = repo.run(sys.executable, "-m", "stages.push_run_cache", check=False)
+    failed = repo.run(sys.executable, "-m", "mnist_cnn", "push-run-cache", check=False)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.startswith("error: run-cache not pushed: ")
     assert len(failed.stderr.strip().splitlines()) == 1
@@ -306,7 +306,7 @@ def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
     lost = listing[0]
     (a.root / f".dvc/cache/files/md5/{lost['md5'][:2]}/{lost['md5'][2:]}").unlink()
 
-    pushed = a.run(sys.executable, "-m", "stages.push_run_cache").stdout.splitlines()
+    pushed = a.run(sys.executable, "-m", "mnist_cnn", "push-run-cache").stdout.splitlines()
     assert pushed[-1].startswith("pushed 2 run record(s) and ") and pushed[-1].endswith(
         "; skipped 1"
     )
@@ -354,7 +354,7 @@ def test_a_silent_remote_fails_within_the_timeouts(team, silent_server):
 
     failed = repo.run(sys.executable, "-m", "dvc", "push", check=False, env=env)
     assert failed.returncode != 0 and "Read timeout on endpoint URL" in failed.stderr
-    pushed = repo.run(sys.executable, "-m", "stages.push_run_cache", check=False, env=env)
+    pushed = repo.run(sys.executable, "-m", "mnist_cnn", "push-run-cache", check=False, env=env)
     assert pushed.returncode == 1, pushed.stderr
     line = pushed.stderr.strip()
     assert line.startswith("error: run-cache not pushed: Read timeout on endpoint URL"), line

@@ -7,18 +7,19 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from stages.errors import run_stage
-from stages.files import read_npz
-from stages.params import parse_params
-from stages.quiet_tensorflow import onednn_lacks_bfloat16
-from stages.runtime import compute_capability, cpu_flags, resolve_precision
-from stages.train import (
-    CURVE_COLUMNS,
-    build_model,
-    random_affine,
-    renumber_shared_objects,
-    train,
+from mnist_cnn.errors import run
+from mnist_cnn.files import read_npz
+from mnist_cnn.history import CURVE_COLUMNS
+from mnist_cnn.inputs import random_affine
+from mnist_cnn.model import build_model, renumber_shared_objects
+from mnist_cnn.params import parse_params
+from mnist_cnn.tensorflow_setup import (
+    compute_capability,
+    cpu_flags,
+    onednn_lacks_bfloat16,
+    resolve_precision,
 )
+from mnist_cnn.training import train
 from tests.helpers import (
     TINY_MODEL,
     params_with,
@@ -199,7 +200,7 @@ def test_onednn_without_a_kernel_is_one_line(capsys, monkeypatch):
             "propagation primitive. in file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1172"
         )
 
-    assert run_stage(convolution_without_kernel) == 1
+    assert run(convolution_without_kernel, "train") == 1
     line = capsys.readouterr().err
     assert line.count("\n") == 1
     assert "TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2" in line
@@ -222,7 +223,7 @@ def centred_square() -> np.ndarray:
 def augment(images: np.ndarray, seed: int, **settings: float) -> np.ndarray:
     import tensorflow as tf
 
-    from stages.params import AugmentParams
+    from mnist_cnn.params import AugmentParams
 
     params = AugmentParams(**{"rotation_degrees": 0, "zoom": 0, "shift": 0, **settings})
     return random_affine(tf.constant(images), tf.constant([seed, 0], tf.int64), params).numpy()

@@ -7,11 +7,9 @@ run-cache's sake, and stay there, as does the model of any run but the current o
 teammate's `dvc repro --pull` finds the record, misses its files and runs the stage again.
 This command pushes those files too, as DVC 2 did.
 
-    python -m stages.push_run_cache [--remote NAME]
+    mnist-cnn push-run-cache [--remote NAME]
 """
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from dvc.repo import Repo
 from dvc_data.hashfile.hash_info import HashInfo
 from dvc_data.hashfile.tree import Tree
 
-from stages.errors import PipelineError, run_stage
+from mnist_cnn.errors import PipelineError
 
 
 @dataclass
@@ -99,13 +97,7 @@ def skipped_line(record: RunRecord) -> str:
     )
 
 
-def main(arguments: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.push_run_cache",
-        description="Push DVC's run-cache with every file its records name.",
-    )
-    parser.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
-    remote = parser.parse_args(arguments).remote
+def push(remote: str | None) -> None:
     try:
         with Repo() as repo:
             pushed, skipped, files = push_run_cache(repo, remote)
@@ -120,6 +112,3 @@ def main(arguments: list[str] | None = None) -> None:
         print(skipped_line(record))
     print(f"pushed {len(pushed)} run record(s) and {files} new file(s); skipped {len(skipped)}")
 
-
-if __name__ == "__main__":
-    sys.exit(run_stage(main))

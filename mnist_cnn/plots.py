@@ -1,24 +1,23 @@
-"""Write the page template that makes `dvc plots show` and `dvc plots diff` work offline.
+"""DVC's plots, offline: the page template that makes `dvc plots show` and `dvc plots diff`
+work with no network, and PNGs of DVC's plot specs (for the report).
 
 DVC's own page loads Vega, Vega-Lite and Vega-Embed from a CDN: with no network, every Vega
 plot stays an empty box. This template (set as `plots.html_template` in .dvc/config) carries
 the three libraries inline instead, from vl-convert-python's bundle. To move to newer versions:
 pin a newer vl-convert-python, then run
 
-    python -m stages.offline_plots
+    mnist-cnn offline-plots
 
 and commit the template it rewrites.
 """
 
-import argparse
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import vl_convert
 
-from stages.errors import PipelineError, run_stage
-from stages.files import write_text
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.files import write_text
 
 TEMPLATE = Path(".dvc/offline_plots.html")
 # DVC's plot specs declare the Vega-Lite v5 schema; newest v5 that vl-convert ships.
@@ -32,7 +31,7 @@ PAGE = """<!DOCTYPE html>
     {refresh_tag}
     <meta charset="utf-8">
     <title>DVC Plot</title>
-    <!-- {versions}, inlined by `python -m stages.offline_plots`
+    <!-- {versions}, inlined by `mnist-cnn offline-plots`
          so that the page needs no network. No placeholder for DVC's own script tags: they
          load these from a CDN. -->
     <script>
@@ -74,12 +73,12 @@ def page(bundle: str, versions: str) -> str:
     return PAGE.replace("{versions}", versions).replace("BUNDLE", bundle)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.offline_plots", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("-o", "--output", type=Path, default=TEMPLATE)
-    output = parser.parse_args().output
+def vega_png(spec: dict) -> bytes:
+    """A Vega-Lite plot spec (as `dvc plots diff --json` gives it) drawn as a PNG."""
+    return vl_convert.vegalite_to_png(spec, vl_version=VEGA_LITE_VERSION)
+
+
+def write_template(output: Path) -> None:
     if output == TEMPLATE and not TEMPLATE.parent.is_dir():  # would make a .dvc/ of its own
         raise PipelineError(
             f"{TEMPLATE.parent}/: not found: run this in the project's root, or give -o FILE"
@@ -87,7 +86,3 @@ def main() -> None:
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE_VERSION)
     write_text(output, page(bundle, versions()))
     print(f"{output}: {versions()}, {output.stat().st_size:,} bytes")
-
-
-if __name__ == "__main__":
-    sys.exit(run_stage(main))

@@ -12,8 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from stages import mnist
-from stages.errors import PipelineError
+from mnist_cnn import mnist
+from mnist_cnn.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -28,25 +28,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# Relative to the project root: text in params.yaml, a Path here (strict mode would take only
+# a Path object).
+ProjectPath = Annotated[Path, Field(strict=False)]
+
+
 class PathsParams(Section):
-    raw_dir: str
-    train_data: str
-    validation_data: str
-    test_data: str
-    model: str
-    model_info: str
-    train_metrics: str
-    train_loss: str
-    train_accuracy: str
-    evaluate_metrics: str
-    predictions: str
-    per_digit: str
-    evaluate_images: str
-    saved_model: str
-    onnx_model: str
-    tflite_model: str
-    export_metrics: str
-    export_details: str
+    raw_dir: ProjectPath
+    train_data: ProjectPath
+    validation_data: ProjectPath
+    test_data: ProjectPath
+    model: ProjectPath
+    model_info: ProjectPath
+    train_metrics: ProjectPath
+    train_loss: ProjectPath
+    train_accuracy: ProjectPath
+    evaluate_metrics: ProjectPath
+    predictions: ProjectPath
+    per_digit: ProjectPath
+    evaluate_images: ProjectPath
+    saved_model: ProjectPath
+    onnx_model: ProjectPath
+    tflite_model: ProjectPath
+    export_metrics: ProjectPath
+    export_details: ProjectPath
 
 
 class DownloadParams(Section):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from stages import mnist
-from stages.errors import PipelineError
+from mnist_cnn import mnist
+from mnist_cnn.errors import PipelineError
 
 DIGIT_BOX = 20  # MNIST's digits fit 20x20 inside the 28x28 image
 # Ink is what stands out from the background by more than this (of 255); below, it is noise.

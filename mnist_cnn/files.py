@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from stages.errors import PipelineError
+from mnist_cnn.errors import PipelineError
 
 # The earliest date a zip entry can hold; any fixed value would do.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -118,10 +118,15 @@ def remove_stale_temporaries(outputs: list[Path]) -> None:
         if output.is_dir():
             leftovers += output.glob(f".*{TEMPORARY_SUFFIX}")
         for leftover in leftovers:
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            remove_path(leftover)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """A Markdown report of what a change did against a base revision, for a pull request.
 
-    python -m stages.report --base main -o report.md
+    mnist-cnn report --base main -o report.md
 
 compares the workspace (in CI: the pull request's head, with its committed results) with
 `--base`: the params that changed (`dvc params diff`), the test metrics with their deltas
@@ -10,7 +10,6 @@ confusion matrices, drawn offline from DVC's own plot specs (`dvc plots diff --j
 vl-convert, and both revisions' misclassified digits. Needs no terminal and no network.
 """
 
-import argparse
 import html
 import json
 import shutil
@@ -18,12 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import vl_convert
-
-from stages.errors import PipelineError, run_stage
-from stages.files import scratch_directory_beside, write_bytes, write_text
-from stages.offline_plots import VEGA_LITE_VERSION
-from stages.params import load_params
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.files import scratch_directory_beside, write_bytes, write_text
+from mnist_cnn.params import load_params
+from mnist_cnn.plots import vega_png
 
 # The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
 # not change): file stem -> heading.
@@ -150,7 +147,7 @@ def render_plots(plots: dict, folder: Path, base: str) -> tuple[list, dict]:
                 spec = view["content"]
                 title = spec.get("title", stem)
                 title = title.get("text", stem) if isinstance(title, dict) else title
-                png = vl_convert.vegalite_to_png(spec, vl_version=VEGA_LITE_VERSION)
+                png = vega_png(spec)
                 write_bytes(folder / f"{stem}.png", png)
                 curves.append((title, f"{stem}.png"))
             elif view["type"] == "image" and stem in REPORTED_IMAGES:
@@ -199,21 +196,14 @@ def report(
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.report", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--base", required=True, help="the revision to compare with, e.g. main")
-    parser.add_argument("-o", "--output", type=Path, default=Path("report.md"))
-    arguments = parser.parse_args()
-    output = output_file(arguments.output)
+def write_report(base: str, output: Path) -> None:
+    output = output_file(output)
     files_dir = output.with_name(f"{output.stem}_files")
 
     paths = load_params().paths
-    commit = resolve_base(arguments.base, paths.evaluate_metrics)
+    commit = resolve_base(base, str(paths.evaluate_metrics))
     if not Path(".dvc").is_dir():
         raise PipelineError("no .dvc/ here: run the report in the project's root")
-    base = arguments.base
     params = params_section(dvc_json("params", "diff", base))
     if stale := stale_stages():
         warning = (
@@ -222,7 +212,8 @@ def main() -> None:
         )
         print(f"warning: {warning}", file=sys.stderr)
         params = [f"> **Warning:** {warning}.", "", *params]
-    metrics = metrics_section(dvc_json("metrics", "diff", base, "--all"), paths.evaluate_metrics)
+    metrics_diff = dvc_json("metrics", "diff", base, "--all")
+    metrics = metrics_section(metrics_diff, str(paths.evaluate_metrics))
 
     # Everything is made in a scratch folder; only a complete report is moved into place.
     with scratch_directory_beside(output) as scratch:
@@ -238,6 +229,3 @@ def main() -> None:
     write_text(output, text + "\n")
     print(f"{output}: {count} pictures in {files_dir}/")
 
-
-if __name__ == "__main__":
-    sys.exit(run_stage(main))

@@ -1,4 +1,5 @@
-"""How a stage reports a failure the user can act on: one line on stderr and a non-zero exit."""
+"""How a stage or command reports a failure the user can act on: one line on stderr and a
+non-zero exit."""
 
 import os
 import sys
@@ -15,15 +16,16 @@ class PipelineError(Exception):
     """A problem the user can fix (bad params, bad data, unreachable mirror, full disk)."""
 
 
-def run_stage(main: Callable[[], None]) -> int:
-    """Run a stage's main(); a PipelineError, Ctrl-C or a oneDNN kernel missing for the model's
-    precision becomes one line and a non-zero exit.
+def run(main: Callable[[], int | None], name: str) -> int:
+    """Run a stage's or command's `main()`, named `name` in messages; a PipelineError, Ctrl-C
+    or a oneDNN kernel missing for the model's precision becomes one line and a non-zero exit.
+    Returns the exit status: `main()`'s own, if it returns one.
 
-    Outputs are written atomically (stages/files.py), so neither leaves a partial file behind.
+    Outputs are written atomically (mnist_cnn/files.py), so neither leaves a partial file.
     """
     try:
-        main()
-        params_unchanged()
+        status = main()
+        params_unchanged(name)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -34,9 +36,9 @@ def run_stage(main: Callable[[], None]) -> int:
         if ONEDNN_WITHOUT_KERNEL not in str(error):
             raise
         settings = ", ".join(
-            f"{name}={os.environ[name]}"
-            for name in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")
-            if name in os.environ
+            f"{variable}={os.environ[variable]}"
+            for variable in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")
+            if variable in os.environ
         )
         print(
             f"error: TensorFlow's oneDNN has no kernel for this model's precision here "
@@ -45,17 +47,15 @@ def run_stage(main: Callable[[], None]) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status or 0
 
 
-def params_unchanged() -> None:
+def params_unchanged(name: str) -> None:
     """Stop, so that DVC records nothing, if the params this process read have changed since."""
-    from stages.params import changed_since_read  # stages.params raises this module's errors
+    from mnist_cnn.params import changed_since_read  # mnist_cnn.params raises this module's errors
 
     for path in changed_since_read():
-        spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m stages.<command>
-        command = spec.name.rpartition(".")[2] if spec else "the stage"
         raise PipelineError(
-            f"{path} changed while {command} ran: its outputs are for the params it read at the "
+            f"{path} changed while {name} ran: its outputs are for the params it read at the "
             "start and are not recorded; run dvc repro again"
         )

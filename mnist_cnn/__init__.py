@@ -1,0 +1,6 @@
+"""MNIST, reproducibly: the library behind the pipeline's stages (stages/) and the `mnist-cnn`
+command (mnist_cnn/cli.py)."""
+
+from mnist_cnn.tensorflow_setup import quiet_tensorflow_import
+
+quiet_tensorflow_import()

@@ -1,0 +1,177 @@
+"""Fetching the MNIST files from mirrors, verified by SHA-256: each mirror in turn, retrying
+what is worth retrying, giving up on a stalled server, writing only a verified file.
+
+Mirrors are tried in order: $MNIST_MIRROR first when set (a URL, a file:// URL or a plain
+directory, which is how offline machines, tests and CI run), then `download.mirrors`.
+"""
+
+import hashlib
+import http.client
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.files import write_bytes
+
+MIRROR_ENV = "MNIST_MIRROR"
+CHUNK_BYTES = 1 << 16
+# A mirror slower than this per `download.timeout_seconds` is given up on (about 0.5 KiB/s at
+# the default 30 s): far below any working connection, far above a stalled server's trickle.
+MIN_BYTES_PER_TIMEOUT = 16 * 1024
+POLL_SECONDS = 0.1
+
+
+@dataclass
+class FetchError(Exception):
+    """Why one attempt at one mirror failed; `transient` failures are worth retrying."""
+
+    reason: str
+    transient: bool
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def mirror_urls(configured: list[str], from_environment: str | None) -> list[str]:
+    """The mirrors to try, in order, as base URLs ending with '/'."""
+    locations = ([from_environment] if from_environment else []) + configured
+    urls = []
+    for location in locations:
+        url = location if "://" in location else Path(location).resolve().as_uri()
+        urls.append(url if url.endswith("/") else url + "/")
+    return urls
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Transfer(threading.Thread):
+    """One HTTP(S) or file request, read in a thread so that a slow server cannot block the
+    stage: the caller watches `received` and walks away from a stalled transfer."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(daemon=True)  # an abandoned transfer must not keep the process alive
+        self.url, self.timeout = url, timeout
+        self.received = 0
+        self.expected_bytes: int | None = None
+        self.chunks: list[bytes] = []
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def run(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout) as response:
+                length = response.headers.get("Content-Length")
+                self.expected_bytes = int(length) if length else None
+                # read1: whatever has arrived, so `received` moves as the bytes come in.
+                while not self.abandoned and (chunk := response.read1(CHUNK_BYTES)):
+                    self.chunks.append(chunk)
+                    self.received += len(chunk)
+        except BaseException as error:  # handed to the caller, which names it
+            self.error = error
+
+
+def download_error(error: BaseException, timeout: float) -> FetchError:
+    """What went wrong with a request, in a few words; transient failures are retried."""
+    if isinstance(error, urllib.error.HTTPError):
+        return FetchError(f"HTTP {error.code}", error.code >= 500)
+    if isinstance(error, http.client.IncompleteRead):
+        return FetchError(
+            f"truncated ({len(error.partial)} bytes, then the connection closed)", True
+        )
+    if isinstance(error, urllib.error.URLError):
+        if isinstance(error.reason, FileNotFoundError):
+            return FetchError("not found", False)
+        return FetchError(f"unreachable ({error.reason})", True)
+    if isinstance(error, TimeoutError):
+        return FetchError(f"timed out after {timeout:g} s", True)
+    if isinstance(error, (OSError, http.client.HTTPException)):
+        return FetchError(f"connection failed ({error})", True)
+    raise error
+
+
+def fetch(url: str, expected_sha256: str, timeout: float, name: str) -> bytes:
+    """The bytes at `url`, complete and with the expected checksum.
+
+    A server must send at least MIN_BYTES_PER_TIMEOUT within every `timeout` seconds, from the
+    request on: so a stalled or trickling server holds a file at most
+    timeout * (1 + size / MIN_BYTES_PER_TIMEOUT) seconds, never forever.
+    """
+    transfer = Transfer(url, timeout)
+    transfer.start()
+    window_start, window_bytes, shown = time.monotonic(), 0, 0
+    # leave=False: the bar goes once the file is in; the stage prints its own line for it.
+    bar = {"unit": "B", "unit_scale": True, "desc": name, "leave": False}
+    with tqdm(**bar, disable=not sys.stderr.isatty()) as progress:
+        while transfer.is_alive():
+            transfer.join(POLL_SECONDS)
+            progress.total = transfer.expected_bytes
+            progress.update(transfer.received - shown)
+            shown = transfer.received
+            if time.monotonic() - window_start >= timeout and transfer.is_alive():
+                if transfer.received - window_bytes < MIN_BYTES_PER_TIMEOUT:
+                    transfer.abandoned = True
+                    raise FetchError(
+                        f"stalled ({transfer.received - window_bytes} bytes in {timeout:g} s,"
+                        f" expected at least {MIN_BYTES_PER_TIMEOUT})",
+                        True,
+                    )
+                window_start, window_bytes = time.monotonic(), transfer.received
+    if transfer.error is not None:
+        raise download_error(transfer.error, timeout)
+    data = b"".join(transfer.chunks)
+    if transfer.expected_bytes is not None and len(data) < transfer.expected_bytes:
+        raise FetchError(f"truncated ({len(data)} of {transfer.expected_bytes} bytes)", True)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256:
+        raise FetchError(
+            f"checksum mismatch (sha256 {digest[:12]}…, expected {expected_sha256[:12]}…)", False
+        )
+    return data
+
+
+def download_file(
+    name: str,
+    expected_sha256: str,
+    mirrors: list[str],
+    raw_dir: Path,
+    timeout: float,
+    retries: int,
+    retry_delay: float = 1.0,
+) -> str:
+    """Make `raw_dir/name` hold the verified file; return where it came from."""
+    destination = raw_dir / name
+    if destination.exists():
+        if sha256_of(destination) == expected_sha256:
+            return "already present"
+        destination.unlink()
+    failures = []
+    for mirror in mirrors:
+        for attempt in range(retries + 1):
+            try:
+                data = fetch(mirror + name, expected_sha256, timeout, name)
+                write_bytes(destination, data)
+                return mirror
+            except FetchError as failure:
+                if not failure.transient or attempt == retries:
+                    failures.append(f"{mirror}: {failure}")
+                    break
+                time.sleep(retry_delay * (attempt + 1))
+    if not mirrors:
+        failures.append(f"no mirror configured (set download.mirrors or ${MIRROR_ENV})")
+    elif not os.environ.get(MIRROR_ENV):
+        failures.append(f"offline? set {MIRROR_ENV} to a folder or URL holding the MNIST files")
+    raise PipelineError(f"could not download {name}: " + "; ".join(failures))

@@ -1,0 +1,190 @@
+"""TensorFlow's set-up, in one place: a quiet start, oneDNN kept off where it lacks bfloat16,
+seeds and determinism, thread pools, and the precision the hardware runs fastest.
+
+`quiet_tensorflow_import()` runs once, when the package is imported (mnist_cnn/__init__.py),
+and imports nothing heavy: commands that never touch TensorFlow (report, push-run-cache,
+--help) do not pay for it.
+
+On a machine without a GPU, importing TensorFlow prints about nine lines ("Could not find cuda
+drivers", "E0000 ... failed call to cuInit", notes on CPU instructions) that read as failures.
+C++ code writes them straight to file descriptor 2, some before any logging setting applies, so
+they are filtered there: the known start-up lines are dropped and every other line is passed
+on, so a real error still shows.
+"""
+
+import importlib.abc
+import importlib.machinery
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+# Lines TensorFlow 2.21 prints at start-up on a machine without (or with) a GPU.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog"
+    r"|cudart_stub\.cc|cuda_platform\.cc.*cuInit|cpu_feature_guard\.cc"
+    r"|^To enable the following instructions"
+    r"|oneDNN custom operations are on"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation_placer\.cc"
+)
+# oneDNN instruction sets (ONEDNN_MAX_CPU_ISA values) without bfloat16 convolutions.
+ISAS_WITHOUT_BFLOAT16 = re.compile(r"SSE41|AVX|AVX2(_VNNI(_2)?)?", re.IGNORECASE)
+# CPU features that make bfloat16 matmuls and convolutions fast (Intel AMX, AVX512-BF16).
+BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+# NVIDIA compute capabilities from which tensor cores take bfloat16 (Ampere) and float16 (Volta).
+BF16_GPU_CAPABILITY = (8, 0)
+FP16_GPU_CAPABILITY = (7, 0)
+
+
+@contextmanager
+def native_stderr_filtered(noise: re.Pattern) -> Iterator[None]:
+    """Hold back what anything in this process (C++ included) writes to stderr meanwhile;
+    then write it out without the lines that match `noise`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not noise.search(line)))
+            sys.stderr.flush()
+
+
+def onednn_lacks_bfloat16(environ: Mapping[str, str]) -> bool:
+    """Whether oneDNN is capped below AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, say), where it has no
+    bfloat16 convolution.
+
+    TensorFlow sends bfloat16 to its own Eigen kernels when the *CPU* lacks AVX-512 (a Zen 3),
+    but it does not see the cap: on an AVX-512 CPU capped to AVX2, a bfloat16 convolution fails
+    with "could not create a primitive descriptor". Turning oneDNN off there takes the path a
+    CPU without AVX-512 takes by default.
+    """
+    return bool(ISAS_WITHOUT_BFLOAT16.fullmatch(environ.get("ONEDNN_MAX_CPU_ISA", "").strip()))
+
+
+class QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when TensorFlow is first imported, by whichever module, it wraps
+    the loading in the stderr filter, then removes itself."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            with native_stderr_filtered(STARTUP_NOISE):
+                load(module)
+                # Probe for GPUs now, inside the filter (the cuInit line comes from here).
+                # Listing physical devices does not start TensorFlow's runtime: thread pools
+                # can still be sized afterwards.
+                module.config.list_physical_devices("GPU")
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Set TensorFlow's environment before it loads (it reads it once), and filter its start-up
+    lines. A setting of your own wins."""
+    if onednn_lacks_bfloat16(os.environ):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # info and warning lines off; errors stay
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(finder, QuietTensorFlowImport) for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, QuietTensorFlowImport())
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_deterministic(seed: int, threads: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; same code, params and machine give the same bits.
+
+    `threads` sizes TensorFlow's thread pool (0: every core). It is a param because it changes
+    the bits: operations split their sums differently across threads.
+    Must run before TensorFlow builds any op: thread pools cannot be resized afterwards.
+    """
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads or available_cores())
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed)
+
+
+def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo; None where there is none."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    # Unknown (not Linux): no cheap way to ask, so assume no bfloat16 support.
+    return set((cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def compute_capability(details: dict) -> tuple[int, int]:
+    """A GPU's CUDA compute capability, from TensorFlow's description of it (e.g. (8, 0) for an
+    A100); (0, 0) where the description has none (not an NVIDIA GPU)."""
+    major, minor = details.get("compute_capability") or (0, 0)
+    return int(major), int(minor)
+
+
+def resolve_precision(requested: str, flags: set[str], gpus: list[tuple[int, int]]) -> str:
+    """`auto` becomes what the hardware runs fastest. On GPUs (`gpus`: their compute
+    capabilities), what their tensor cores take: bfloat16 from Ampere (8.0) on, float16 with
+    loss scaling on Volta and Turing (7.x), float32 on older ones. On a CPU, bfloat16 with AMX
+    or AVX512-BF16, float32 elsewhere."""
+    if requested != "auto":
+        return requested
+    if gpus:
+        oldest = min(gpus)
+        if oldest >= BF16_GPU_CAPABILITY:
+            return "mixed_bfloat16"
+        return "mixed_float16" if oldest >= FP16_GPU_CAPABILITY else "float32"
+    return "mixed_bfloat16" if flags & BF16_CPU_FLAGS else "float32"
+
+
+def use_precision(requested: str) -> str:
+    """Set Keras' global dtype policy; return the precision actually used.
+
+    Under mixed_float16, Keras' compile() wraps the optimizer in a LossScaleOptimizer, so that
+    small gradients do not round to zero in float16.
+    """
+    import keras
+    import tensorflow as tf
+
+    gpus = [
+        compute_capability(tf.config.experimental.get_device_details(gpu))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    precision = resolve_precision(requested, cpu_flags(), gpus)
+    keras.mixed_precision.set_dtype_policy(precision)
+    return precision

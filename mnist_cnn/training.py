@@ -1,0 +1,152 @@
+"""Training: the optimizer and its schedule, a diverged run stopped, Ctrl-C honoured between
+batches, and `fit_model`, the train stage without its files."""
+
+import math
+import platform
+import signal
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.history import HISTORY_COLUMNS
+from mnist_cnn.inputs import evaluation_dataset, training_dataset
+from mnist_cnn.model import build_model
+from mnist_cnn.params import Params, TrainParams
+from mnist_cnn.tensorflow_setup import cpuinfo_field, make_deterministic, use_precision
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    learning_rate = params.learning_rate
+    if params.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate, decay_steps=params.epochs * steps_per_epoch
+        )
+    return keras.optimizers.get(
+        {"class_name": params.optimizer, "config": {"learning_rate": learning_rate}}
+    )
+
+
+class StopIfDiverged(keras.callbacks.Callback):
+    """A loss that is no longer finite stops training with one line: a diverged run must not
+    leave a model or metrics behind. Checked once per epoch, so training runs at full speed."""
+
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(value):
+                raise PipelineError(
+                    f"train: the {name.replace('val_', 'validation ')} became {value} in epoch"
+                    f" {epoch + 1} (train.learning_rate {self.learning_rate:g} too high?)"
+                )
+
+
+class InterruptBetweenBatches(keras.callbacks.Callback):
+    """Ctrl-C stops training at the next batch or epoch boundary, in this thread, instead of
+    wherever Python was: a KeyboardInterrupt raised inside Keras' or TensorFlow's own code
+    left the process hung, running nothing (2 of the first 2 tries of the Ctrl-C test under a
+    loaded CPU). The `*_batch_begin` hooks run in the main thread, between TensorFlow calls;
+    `*_batch_end` ones would stop Keras dispatching them in the background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+        self.default_handler = signal.getsignal(signal.SIGINT)
+
+    def request(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+
+    def stop_if_interrupted(self, *args: object, **kwargs: object) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self.default_handler)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        signal.signal(signal.SIGINT, self.request)
+
+    on_train_batch_begin = on_test_batch_begin = on_epoch_end = stop_if_interrupted
+
+
+def train(
+    model: keras.Model,
+    train_data: dict,
+    validation_data: dict,
+    params: TrainParams,
+    seed: int,
+    verbose: int,
+    callbacks: tuple[keras.callbacks.Callback, ...] = (),
+) -> pd.DataFrame:
+    """Compile and fit `model`; return the per-epoch history. A diverged run stops first, so
+    `callbacks` never see a loss that is not finite."""
+    steps_per_epoch = math.ceil(len(train_data["labels"]) / params.batch_size)
+    model.compile(
+        optimizer=make_optimizer(params, steps_per_epoch),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=params.steps_per_execution,
+    )
+    interrupt = InterruptBetweenBatches()
+    try:
+        history = model.fit(
+            training_dataset(train_data["images"], train_data["labels"], params, seed),
+            validation_data=evaluation_dataset(
+                validation_data["images"], validation_data["labels"], params.batch_size
+            ),
+            epochs=params.epochs,
+            shuffle=False,  # the dataset shuffles itself, from the seed
+            callbacks=[interrupt, StopIfDiverged(params.learning_rate), *callbacks],
+            verbose=verbose,
+        )
+    finally:
+        interrupt.restore()
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
+    return frame[HISTORY_COLUMNS]
+
+
+def model_info(model: keras.Model, precision: str) -> dict:
+    """How the model was made, beside it: what a person asks of a result but no metric."""
+    return {
+        "precision": precision,
+        "trainable_params": sum(math.prod(w.shape) for w in model.trainable_weights),
+        "cpu": cpuinfo_field("model name") or platform.processor() or platform.machine(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def fit_model(
+    params: Params,
+    train_data: dict,
+    validation_data: dict,
+    verbose: int,
+    callbacks: tuple[keras.callbacks.Callback, ...] = (),
+) -> tuple[keras.Model, pd.DataFrame, str]:
+    """The stage without its files: build the model from `params`, train it from `params.seed`.
+
+    Returns the model, its per-epoch history and the precision used.
+    """
+    make_deterministic(params.seed, params.threads)
+    precision = use_precision(params.train.precision)
+    try:  # a model under the parameter cap that this machine cannot hold
+        model = build_model(params.model)
+        if verbose:
+            model.summary()
+            print(f"precision: {precision}")
+        history = train(
+            model, train_data, validation_data, params.train, params.seed, verbose, callbacks
+        )
+    except (tf.errors.ResourceExhaustedError, MemoryError):
+        raise PipelineError(
+            f"train: out of memory for a model of {params.model.parameter_count():,} "
+            f"parameters at train.batch_size {params.train.batch_size}: make the model "
+            "(model.dense_units, model.conv_filters) or train.batch_size smaller"
+        ) from None
+    return model, history, precision
