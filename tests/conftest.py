@@ -51,3 +51,14 @@ def mnist_dir(tmp_path_factory) -> Path:
     except PipelineError as error:
         problem = str(error)
     pytest.fail(f"the tests need the MNIST files: {problem}", pytrace=False)
+
+
+KINDS = ("cli", "e2e", "network")  # the markers of pyproject.toml besides unit
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked with no kind is a unit test: in-process, seconds (`pytest -m unit`, the
+    fast tier)."""
+    for item in items:
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(pytest.mark.unit)

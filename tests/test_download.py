@@ -125,6 +125,7 @@ def test_offline_failure_points_to_the_mirror_variable(tmp_path, closed_port_url
     )
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("stalls_in", ["headers", "body"])
 def test_a_stalled_server_cannot_hold_the_download(tmp_path, file_server, stalls_in):
     """A server sending one byte every 0.5 s: given up after timeout_seconds, named, nothing

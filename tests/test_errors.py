@@ -19,6 +19,8 @@ from tests.helpers import (
     write_tiny_data,
 )
 
+pytestmark = pytest.mark.cli
+
 
 def test_bad_param_stops_the_stage_before_any_work(tmp_path):
     (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({"train.epochs": -3})))

@@ -49,6 +49,7 @@ def test_loss_matches_keras_cross_entropy():
     )
 
 
+@pytest.mark.cli
 def test_evaluate_stage_writes_metrics_table_and_images(tmp_path):
     raw = write_params(
         tmp_path, {**TINY_MODEL, "evaluate.sample_images": 6, "evaluate.misclassified_images": 4}

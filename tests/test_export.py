@@ -76,6 +76,7 @@ def test_float32_copy_of_a_mixed_precision_model_computes_in_float32(mixed_preci
     np.testing.assert_allclose(copy(images).numpy(), model(images).numpy(), atol=0.02)
 
 
+@pytest.mark.cli
 def test_export_writes_the_same_bytes_in_every_process(tmp_path):
     """Two runs of the stage with different Python hash seeds (which reorder what tf2onnx
     numbers) give byte-identical files: dvc.lock stays put on a forced re-run."""
@@ -109,6 +110,7 @@ def test_export_writes_the_same_bytes_in_every_process(tmp_path):
         assert metrics[name]["size_bytes"] == sum(f.stat().st_size for f in files if f.is_file())
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_a_mixed_precision_model_exports_to_float32_files(tmp_path, precision):
     """A model trained in mixed precision (as `precision: auto` picks on GPUs and bfloat16
@@ -139,6 +141,7 @@ def test_a_mixed_precision_model_exports_to_float32_files(tmp_path, precision):
     assert 0 < metrics["float32_vs_training_precision"]["max_probability_difference"] < 0.01
 
 
+@pytest.mark.cli
 def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp_path):
     """A bfloat16 model on a near-tie that bfloat16 rounds away (hidden units 1.0 and 1.001,
     one per digit): in bfloat16 it says 0 for every image, in float32 1. The exports, made
@@ -212,6 +215,7 @@ def test_canonical_names_number_nodes_and_constants_in_graph_order():
     onnx.checker.check_model(model)
 
 
+@pytest.mark.cli
 def test_export_without_a_model_fails_in_one_line(tmp_path):
     params = write_params(tmp_path, TINY_MODEL)
     write_tiny_data(tmp_path, params)

@@ -84,6 +84,7 @@ def write_raw_mnist(folder: Path, count: int = 200) -> None:
         write_gz(raw / f"{prefix}-labels-idx1-ubyte.gz", idx_labels(labels))
 
 
+@pytest.mark.cli
 def test_disk_full_while_writing_prepared_data(tmp_path, full_disk):
     write_params(
         tmp_path,
@@ -96,6 +97,7 @@ def test_disk_full_while_writing_prepared_data(tmp_path, full_disk):
     assert list(full_disk.iterdir()) == []
 
 
+@pytest.mark.cli
 def test_disk_full_while_saving_the_model(tmp_path, full_disk):
     params = write_params(tmp_path, {**TINY_MODEL, "paths.model": "full/model.keras"})
     write_tiny_data(tmp_path, params)
@@ -107,6 +109,7 @@ def test_disk_full_while_saving_the_model(tmp_path, full_disk):
     assert not (tmp_path / params["paths"]["train_metrics"]).exists()
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(sys.platform != "linux", reason="limits memory with setrlimit(RLIMIT_AS)")
 def test_out_of_memory_while_training_is_one_line(tmp_path):
     """A model under the parameter cap that the machine's memory cannot hold: here, the
@@ -133,6 +136,7 @@ def test_out_of_memory_while_training_is_one_line(tmp_path):
     assert not (tmp_path / params["paths"]["model"]).exists()
 
 
+@pytest.mark.cli
 def test_disk_full_while_exporting_leaves_no_half_set(tmp_path, full_disk):
     """The ONNX file does not fit: no SavedModel, TFLite file or report of the new set stays
     (nor of the old one, which the new SavedModel had already replaced), and the line says how
@@ -162,6 +166,7 @@ def test_disk_full_while_exporting_leaves_no_half_set(tmp_path, full_disk):
     assert list((tmp_path / "models").glob(".*")) == []  # no scratch folder left
 
 
+@pytest.mark.cli
 def test_scratch_files_of_a_killed_stage_never_reach_git(tmp_path):
     """`dvc repro` after a killed run may restore the stage from the run-cache without running
     it, so nothing deletes the scratch folder: git must not see it."""
@@ -178,6 +183,7 @@ def test_scratch_files_of_a_killed_stage_never_reach_git(tmp_path):
     assert ".tmp" not in status
 
 
+@pytest.mark.cli
 def test_read_only_output_folder(tmp_path, read_only_folder):
     write_params(
         tmp_path, {"preprocess.validation_images": 20, "paths.test_data": "read-only/test.npz"}
@@ -188,6 +194,7 @@ def test_read_only_output_folder(tmp_path, read_only_folder):
     assert message.endswith(("Read-only file system)", "Permission denied)"))
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -208,6 +215,7 @@ def test_impossible_model_is_refused_before_any_work(tmp_path, changes, message)
     assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]
 
 
+@pytest.mark.cli
 def test_the_largest_possible_model_trains(tmp_path):
     """The bound is tight: four blocks of pool_size 2 (28 -> 1 pixel) are accepted and train."""
     params = write_params(tmp_path, {**TINY_MODEL, "model.conv_filters": [4, 4, 4, 4]})
@@ -223,6 +231,7 @@ def save_evaluate_inputs(folder: Path, model: keras.Model) -> dict:
     return params
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     ("layers", "problem"),
     [
@@ -252,6 +261,7 @@ def rewrite_config(path: Path, edit) -> None:
             archive.writestr(name, data)
 
 
+@pytest.mark.cli
 def test_edited_model_config(tmp_path):
     model = build_model(parse_params(write_params(tmp_path, TINY_MODEL)).model)
     params = save_evaluate_inputs(tmp_path, model)
@@ -267,6 +277,7 @@ def test_edited_model_config(tmp_path):
     )
 
 
+@pytest.mark.cli
 def test_unsafe_model_is_not_loaded(tmp_path):
     """A Lambda layer would run code from the file: Keras' safe mode refuses it."""
     model = keras.Sequential(
@@ -278,6 +289,7 @@ def test_unsafe_model_is_not_loaded(tmp_path):
     assert "lambda" in message.lower()
 
 
+@pytest.mark.cli
 def test_a_diverged_run_stops_in_one_line_and_writes_nothing(tmp_path):
     """A learning rate that blows the loss up: the train stage names the epoch and the rate,
     exits non-zero, and leaves no model, curves or metrics (so no NaN reaches a metrics file)."""
@@ -300,6 +312,7 @@ def test_no_metrics_file_holds_nan(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.cli
 def test_ctrl_c_stops_training_in_one_line(tmp_path):
     params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 1000})
     write_tiny_data(tmp_path, params)
@@ -322,6 +335,7 @@ def test_ctrl_c_stops_training_in_one_line(tmp_path):
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.cli
 def test_outputs_get_the_mode_the_umask_gives(tmp_path):
     write_params(tmp_path, {"preprocess.validation_images": 20})
     write_raw_mnist(tmp_path, count=40)
@@ -338,6 +352,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path):
             assert output.stat().st_mode & 0o777 == mode, (output, oct(umask))
 
 
+@pytest.mark.cli
 def test_stale_temporaries_are_removed_before_a_stage_runs(tmp_path, mnist_dir):
     """What a killed run left (a temporary file, a scratch folder) is gone after the next."""
     write_params(tmp_path, {"preprocess.validation_images": 20})

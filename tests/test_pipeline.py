@@ -16,14 +16,16 @@ import pytest
 
 from tests import browser
 from tests.helpers import (
-    PROJECT_ROOT,
     STAGES,
     Repo,
     copy_project,
     documented_code_block,
     documented_line,
+    documented_text,
     write_params,
 )
+
+pytestmark = pytest.mark.e2e
 
 # What `dvc plots show` draws: each plot file and its title (images have none).
 PLOTS = {
@@ -100,9 +102,9 @@ def check_exports_restored(repo: Repo) -> None:
     shutil.rmtree(repo.root / "models/saved_model")
     for path in outputs[:-1]:
         (repo.root / path).unlink()
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    documentation = documented_text()
     for command in ("dvc checkout export", "git checkout metrics/export.json"):
-        assert f"`{command}`" in readme
+        assert f"`{command}`" in documentation
         repo.run(*command.split())  # `dvc` of this interpreter's environment: on repo's PATH
     assert {path: repo.read(path) for path in outputs} == recorded
 
@@ -133,7 +135,7 @@ def check_report(repo: Repo, before: dict, metrics: Path) -> None:
     it."""
     after = json.loads(metrics.read_text())
     repo.run("git", "branch", "-f", "main", "HEAD", check=False)  # unless main is checked out
-    _, *arguments = readme_command("python -m stages.report ")
+    _, *arguments = readme_command("python -m mnist_cnn report ")
     repo.run(sys.executable, *arguments)
     text = (repo.root / "report.md").read_text()
     assert "| `train.epochs` | 1 | 2 |" in text

@@ -90,6 +90,7 @@ def even(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     return np.ones((height, width))
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("light", [even, gradient, shadow])
 def test_user_photos_get_the_digit_the_model_gives_the_original(project, tmp_path, light):
     """100 test digits as user photos, lit evenly, by a gradient or under a shadow: the paper's
@@ -114,6 +115,7 @@ def test_user_photos_get_the_digit_the_model_gives_the_original(project, tmp_pat
     assert agree >= 98, f"{agree} of 100 agree"
 
 
+@pytest.mark.cli
 def test_sixteen_bit_and_lab_images_are_read(project, tmp_path):
     digit = read_npz(project / "data/prepared/test.npz")["images"][0]
     eight_bit = np.asarray(user_style(digit, np.random.default_rng(3)).convert("L"))
@@ -132,6 +134,7 @@ def test_sixteen_bit_and_lab_images_are_read(project, tmp_path):
     assert len(digits) == 3 and len(set(digits)) == 1, result.stdout
 
 
+@pytest.mark.cli
 def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_path):
     good = tmp_path / "seven.png"
     user_style(
@@ -178,6 +181,7 @@ def huge_png(width: int, height: int) -> bytes:
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+@pytest.mark.cli
 def test_a_model_in_another_format_is_named(project, tmp_path):
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"\x08\x07")
@@ -188,13 +192,14 @@ def test_a_model_in_another_format_is_named(project, tmp_path):
     )
 
 
+@pytest.mark.cli
 def test_the_readme_example(project):
     """The committed example image: the README's command names its digit."""
     for path in (PROJECT_ROOT / "examples").iterdir():
         (project / "examples").mkdir(exist_ok=True)
         (project / "examples" / path.name).write_bytes(path.read_bytes())
-    command = documented_line("python -m stages.predict examples/")
-    result = predict(project, *command.split()[3:])
+    command = documented_line("python -m mnist_cnn predict examples/")
+    result = predict(project, *command.split()[4:])
     assert result.returncode == 0, result.stderr
     image, _, rest = result.stdout.strip().partition(": ")
     assert image == "examples/seven.png" and rest.startswith("7 (")

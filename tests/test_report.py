@@ -16,6 +16,8 @@ from tests.helpers import (
     write_params,
 )
 
+pytestmark = pytest.mark.cli
+
 
 def report(folder, *arguments: str) -> subprocess.CompletedProcess:
     return run_command(("report", "-o", "report.md", *arguments), folder)

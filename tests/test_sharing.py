@@ -22,6 +22,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.helpers import STAGES, Repo, copy_project, documented_code_block
 
+pytestmark = pytest.mark.e2e
+
 BUCKET = "mnist-team"
 # Dummy credentials, for this test's environment only: moto accepts any.
 CREDENTIALS = {

@@ -110,6 +110,7 @@ def test_shared_object_ids_are_renumbered_in_order():
     }
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_train_stage_is_reproducible_to_the_byte(tmp_path, precision):
     params = write_params(tmp_path, {**TINY_MODEL, "train.epochs": 2, "train.precision": precision})
@@ -174,6 +175,7 @@ def test_onednn_capped_below_avx512_lacks_bfloat16(isa, lacks):
     assert not onednn_lacks_bfloat16({})
 
 
+@pytest.mark.cli
 def test_bfloat16_trains_where_onednn_has_no_kernel_for_it(tmp_path):
     """oneDNN capped to AVX2, as on a CPU without AVX-512: on an AVX-512 CPU TensorFlow would
     still hand bfloat16 convolutions to oneDNN and fail; the stage runs them through Eigen."""
