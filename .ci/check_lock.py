@@ -2,7 +2,7 @@
 requirements-dev.txt: `python .ci/check_lock.py requirements-dev.txt`) pins for this platform.
 
 Every `name==version ; marker` line whose marker holds here must be installed at that version,
-and nothing else may be (pip, which makes the environment, aside).
+and nothing else may be (pip, which makes the environment, and the project itself aside).
 """
 
 import re
@@ -28,6 +28,7 @@ def locked(lock: Path) -> dict[str, str]:
 def installed() -> dict[str, str]:
     found = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
     found.pop("pip", None)
+    found.pop("mnist-cnn", None)  # the project itself, after `pip install --no-deps -e .`
     return found
 
 

@@ -9,7 +9,16 @@ import pytest
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.fetch import MIRROR_ENV
 from mnist_cnn.params import Params, parse_params
-from tests.helpers import PROJECT_ROOT, FileServer, mnist_folder, params_with
+from tests.helpers import (
+    PROJECT_ROOT,
+    STAGES,
+    FileServer,
+    Repo,
+    copy_project,
+    copy_repository,
+    mnist_folder,
+    params_with,
+)
 
 
 @pytest.fixture
@@ -51,6 +60,29 @@ def mnist_dir(tmp_path_factory) -> Path:
     except PipelineError as error:
         problem = str(error)
     pytest.fail(f"the tests need the MNIST files: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, mnist_dir) -> Path:
+    """The project on the quick params in a git repository (branch main), after one real
+    `dvc repro` of all five stages, results committed: built once per test session, for the
+    tests that need a pipeline that has run (each works on a copy: `built`)."""
+    root = tmp_path_factory.mktemp("baseline") / "project"
+    root.mkdir()
+    copy_project(root)
+    repo = Repo(root, {MIRROR_ENV: str(mnist_dir)})
+    repo.set_params({})
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.commit("project")
+    assert repo.repro() == STAGES
+    repo.commit("results")
+    return root
+
+
+@pytest.fixture
+def built(baseline, tmp_path, mnist_dir) -> Repo:
+    """A copy of the baseline: the quick pipeline run once, its results committed."""
+    return copy_repository(baseline, tmp_path / "project", {MIRROR_ENV: str(mnist_dir)})
 
 
 KINDS = ("cli", "e2e", "network")  # the markers of pyproject.toml besides unit

@@ -187,6 +187,12 @@ def copy_project(target: Path) -> None:
         shutil.copy2(PROJECT_ROOT / name, target / name)
 
 
+def copy_repository(source: Path, target: Path, env: dict[str, str]) -> Repo:
+    """A copy of a git repository with the project, its DVC cache and run-cache included."""
+    shutil.copytree(source, target, symlinks=True)
+    return Repo(target, env)
+
+
 def run_stage_cli(
     stage: str,
     cwd: Path,

@@ -27,6 +27,9 @@ from tests.helpers import (
     write_params,
 )
 
+# One worker runs them all (pytest -n): they share the trained project.
+pytestmark = pytest.mark.xdist_group("predict")
+
 # Enough training for a model that reads digits well (about 97 %), in under a minute.
 TRAINED = {
     "preprocess.max_train_images": 12000,

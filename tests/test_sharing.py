@@ -20,9 +20,10 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import STAGES, Repo, copy_project, documented_code_block
+from tests.helpers import Repo, copy_repository, documented_code_block
 
-pytestmark = pytest.mark.e2e
+# One worker runs them all (pytest -n): they share one team, with its S3 server.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sharing")]
 
 BUCKET = "mnist-team"
 # Dummy credentials, for this test's environment only: moto accepts any.
@@ -73,7 +74,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
+def team(tmp_path_factory, s3_endpoint, mnist_dir, baseline) -> Team:
     """Teammate A has set up the project with a remote, run it, and pushed everything."""
     workdir = tmp_path_factory.mktemp("team")
     origin = workdir / "origin.git"
@@ -82,13 +83,9 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     env = {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir), "COLUMNS": "200"}
     team = Team(origin, env, workdir)
 
-    a = Repo(workdir / "a", team.env)
-    a.root.mkdir()
-    copy_project(a.root)
-    a.set_params({})
-    a.run("git", "init", "-q", "-b", "main")
+    # The baseline: the project on the quick params, run and committed.
+    a = copy_repository(baseline, workdir / "a", team.env)
     a.run("git", "remote", "add", "origin", str(origin))
-    a.commit("project")
     # The README's lines for an S3-compatible server, then its commit of the remote.
     a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
@@ -97,8 +94,7 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir) -> Team:
     a.run("git", "add", ".dvc/config")
     a.run("git", "commit", "-q", "-m", "Team remote")
     assert "storage" in a.run("git", "show", "HEAD:.dvc/config").stdout
-    assert a.repro() == STAGES
-    a.commit("results")
+    assert a.repro() == []  # the baseline's results are this commit's
     a.run("git", "push", "-q", "origin", "main")
     a.dvc("push", "--run-cache")
     return team
