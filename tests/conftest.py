@@ -14,6 +14,7 @@ from tests.helpers import (
     STAGES,
     FileServer,
     Repo,
+    built_once,
     copy_project,
     copy_repository,
     mnist_folder,
@@ -65,18 +66,20 @@ def mnist_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory, mnist_dir) -> Path:
     """The project on the quick params in a git repository (branch main), after one real
-    `dvc repro` of all five stages, results committed: built once per test session, for the
+    `dvc repro` of all five stages, results committed: built once per test session (one worker
+    builds it under `pytest -n`), for the
     tests that need a pipeline that has run (each works on a copy: `built`)."""
-    root = tmp_path_factory.mktemp("baseline") / "project"
-    root.mkdir()
-    copy_project(root)
-    repo = Repo(root, {MIRROR_ENV: str(mnist_dir)})
-    repo.set_params({})
-    repo.run("git", "init", "-q", "-b", "main")
-    repo.commit("project")
-    assert repo.repro() == STAGES
-    repo.commit("results")
-    return root
+
+    def build(root: Path) -> None:
+        copy_project(root)
+        repo = Repo(root, {MIRROR_ENV: str(mnist_dir)})
+        repo.set_params({})
+        repo.run("git", "init", "-q", "-b", "main")
+        repo.commit("project")
+        assert repo.repro() == STAGES
+        repo.commit("results")
+
+    return built_once(tmp_path_factory, "baseline", build)
 
 
 @pytest.fixture

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+from filelock import FileLock
 
 from mnist_cnn import mnist
 from mnist_cnn.fetch import download_file, mirror_urls, sha256_of
@@ -185,6 +188,24 @@ def copy_project(target: Path) -> None:
             continue
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, target / name)
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder that `build` fills once per test session: under `pytest -n`, the first worker
+    that asks builds it while the others wait, then all use it (read it; copy it to change it)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def copy_repository(source: Path, target: Path, env: dict[str, str]) -> Repo:

@@ -274,13 +274,14 @@ def wait_for_queue(repo: Repo, experiments: int) -> None:
         status = repo.dvc("queue", "status")
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
-    """The README's quick experiment, deeper model and sweep, each line exactly as written, in
-    the two precisions `precision: auto` picks on a CPU (bfloat16 where it has AVX512-BF16 or
-    AMX; forced here, it runs on any CPU). The quick experiment runs on the committed params;
-    the deeper model and the sweep, which as written train on all the data, run on quick
-    params committed as the baseline."""
+# The two precisions `precision: auto` picks on a CPU: bfloat16 where it has AVX512-BF16 or AMX
+# (forced here, it runs on any CPU), float32 elsewhere.
+PRECISIONS = ["float32", "mixed_bfloat16"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_readme_quick_experiment_as_written(tmp_path, mnist_dir, precision):
+    """The README's quick experiment, exactly as written, on the committed params."""
     copy_project(tmp_path)
     repo = Repo(tmp_path, {"MNIST_MIRROR": str(mnist_dir)})
     write_params(tmp_path, {"train.precision": precision})
@@ -295,13 +296,30 @@ def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
     assert quick["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     assert 0.1 < quick["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
 
+
+def in_precision(repo: Repo, precision: str) -> Repo:
+    """The baseline's quick params in `precision`, committed: the deeper model and the sweep
+    train on all the data as written."""
     repo.set_params({"train.precision": precision})
-    repo.commit("quick params")
+    repo.commit(f"quick params in {precision}")
+    return repo
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_readme_deeper_model_as_written(built, precision):
+    repo = in_precision(built, precision)
     repo.dvc(*readme_command("dvc exp run -S 'model.conv_filters=[32,64]'")[1:])
     (deeper,) = experiments(repo)
     assert deeper["params"]["params.yaml"]["data"]["model"]["conv_filters"] == [32, 64]
+    assert deeper["params"]["params.yaml"]["data"]["train"]["precision"] == precision
     check_metrics_fit_a_terminal(repo, deeper)
 
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_readme_sweep_as_written(built, precision):
+    """The sweep's lines, exactly as written: queued, two at a time, watched with
+    `dvc queue status`, shown in 120 columns with none folded away."""
+    repo = in_precision(built, precision)
     queue, start, status, show = [
         command
         for line in documented_code_block("dvc queue start").splitlines()
@@ -311,8 +329,8 @@ def test_readme_experiments_as_written(tmp_path, mnist_dir, precision):
     repo.dvc(*queue[1:])
     repo.dvc(*start[1:])
     wait_for_queue(repo, 3)
-    # The sweep's three, each on one thread, beside the deeper model.
-    sweep = [e for e in experiments(repo) if e["params"]["params.yaml"]["data"]["threads"] == 1]
+    sweep = experiments(repo)
+    assert [e["params"]["params.yaml"]["data"]["threads"] for e in sweep] == [1, 1, 1]
     rates = sorted(e["params"]["params.yaml"]["data"]["train"]["learning_rate"] for e in sweep)
     assert rates == [0.0005, 0.001, 0.002]
     for experiment in sweep:

@@ -19,6 +19,7 @@ from mnist_cnn.files import read_npz
 from mnist_cnn.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
 from tests.helpers import (
     PROJECT_ROOT,
+    built_once,
     copy_project,
     documented_line,
     error_line,
@@ -26,9 +27,6 @@ from tests.helpers import (
     run_stage_cli,
     write_params,
 )
-
-# One worker runs them all (pytest -n): they share the trained project.
-pytestmark = pytest.mark.xdist_group("predict")
 
 # Enough training for a model that reads digits well (about 97 %), in under a minute.
 TRAINED = {
@@ -38,16 +36,18 @@ TRAINED = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project(tmp_path_factory, mnist_dir) -> Path:
-    """The project, with a model trained on 12,000 real MNIST images."""
-    folder = tmp_path_factory.mktemp("project")
-    copy_project(folder)
-    write_params(folder, TRAINED)
-    for stage in ("download", "preprocess", "train"):
-        result = run_stage_cli(stage, folder, env={MIRROR_ENV: str(mnist_dir)})
-        assert result.returncode == 0, result.stderr
-    return folder
+    """The project, with a model trained on 12,000 real MNIST images (once per session)."""
+
+    def build(folder: Path) -> None:
+        copy_project(folder)
+        write_params(folder, TRAINED)
+        for stage in ("download", "preprocess", "train"):
+            result = run_stage_cli(stage, folder, env={MIRROR_ENV: str(mnist_dir)})
+            assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "predict_project", build)
 
 
 def user_style(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

@@ -22,8 +22,7 @@ from moto.server import ThreadedMotoServer
 
 from tests.helpers import Repo, copy_repository, documented_code_block
 
-# One worker runs them all (pytest -n): they share one team, with its S3 server.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sharing")]
+pytestmark = pytest.mark.e2e
 
 BUCKET = "mnist-team"
 # Dummy credentials, for this test's environment only: moto accepts any.
