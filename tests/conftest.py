@@ -88,12 +88,18 @@ def built(baseline, tmp_path, mnist_dir) -> Repo:
     return copy_repository(baseline, tmp_path / "project", {MIRROR_ENV: str(mnist_dir)})
 
 
-KINDS = ("cli", "e2e", "network")  # the markers of pyproject.toml besides unit
+KINDS = ("e2e", "network", "cli")  # the markers of pyproject.toml besides unit, slowest first
+
+
+def kind_rank(item: pytest.Item) -> int:
+    return next((rank for rank, kind in enumerate(KINDS) if item.get_closest_marker(kind)), 3)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test marked with no kind is a unit test: in-process, seconds (`pytest -m unit`, the
-    fast tier)."""
+    fast tier). The slowest kinds run first, so that under `pytest -n` the workers do not wait
+    on one long test at the end."""
     for item in items:
-        if not any(item.get_closest_marker(kind) for kind in KINDS):
+        if kind_rank(item) == len(KINDS):
             item.add_marker(pytest.mark.unit)
+    items.sort(key=kind_rank)  # stable: each kind keeps its files' order

@@ -97,8 +97,10 @@ def write_params(folder: Path, changes: dict[str, object]) -> dict:
     return params
 
 
-# A pipeline run that takes seconds: a subset of the real MNIST files, one small epoch.
+# A pipeline run that takes seconds: a subset of the real MNIST files, one small epoch, one
+# thread per operation (each of `pytest -n`'s workers gets its share of the cores).
 QUICK = {
+    "threads": 1,
     "preprocess.max_train_images": 1500,
     "preprocess.validation_images": 500,
     "preprocess.max_test_images": 1000,
