@@ -97,9 +97,15 @@ def kind_rank(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test marked with no kind is a unit test: in-process, seconds (`pytest -m unit`, the
-    fast tier). The slowest kinds run first, so that under `pytest -n` the workers do not wait
-    on one long test at the end."""
+    fast tier).
+
+    The slowest kinds run first. Under `pytest -n N`, xdist's worksteal gives each worker a
+    contiguous 1/N of this list: so the tests are dealt out like cards, every worker's share
+    starting with its part of the slow ones (sorted alone, the first worker got every e2e test
+    and ran them one after another)."""
     for item in items:
         if kind_rank(item) == len(KINDS):
             item.add_marker(pytest.mark.unit)
-    items.sort(key=kind_rank)  # stable: each kind keeps its files' order
+    ordered = sorted(items, key=kind_rank)  # stable: each kind keeps its files' order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    items[:] = [item for share in range(workers) for item in ordered[share::workers]]
