@@ -32,9 +32,9 @@ def push_run_cache(arguments: argparse.Namespace) -> None:
 
 
 def offline_plots(arguments: argparse.Namespace) -> None:
-    from mnist_cnn.plots import write_template
+    from mnist_cnn.plots import TEMPLATE, write_template
 
-    write_template(arguments.output)
+    write_template(arguments.output or TEMPLATE)
 
 
 def program_name() -> str:
@@ -112,8 +112,7 @@ def parser() -> argparse.ArgumentParser:
         ".dvc/offline_plots.html (plots.html_template in .dvc/config).",
     )
     sub.add_argument(
-        "-o", "--output", type=Path, default=Path(".dvc/offline_plots.html"),
-        help="default: .dvc/offline_plots.html",
+        "-o", "--output", type=Path, help="default: .dvc/offline_plots.html"
     )
     return top
 
