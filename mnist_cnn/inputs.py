@@ -55,15 +55,23 @@ def random_affine(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> 
     )
 
 
+def one_hot(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return images, tf.one_hot(labels, mnist.NUM_CLASSES)
+
+
 def training_dataset(
     images: np.ndarray, labels: np.ndarray, params: TrainParams, seed: int
 ) -> tf.data.Dataset:
-    """uint8 images in memory -> shuffled (and augmented) batches, different every epoch,
-    the same in every run with the same seed."""
+    """uint8 images in memory -> shuffled (and augmented) batches with one-hot labels,
+    different every epoch, the same in every run with the same seed."""
+    # Shuffle indices, not images: the shuffle buffer then holds 55,000 integers instead of
+    # 55,000 image tensors, and each batch is gathered from the one array in memory.
+    images, labels = tf.constant(images[..., None]), tf.constant(labels)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((images[..., None], labels))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.range(len(labels))
+        .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         .batch(params.batch_size)
+        .map(lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)))
     )
     if params.augment.enabled:
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -74,7 +82,7 @@ def training_dataset(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.map(one_hot).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:

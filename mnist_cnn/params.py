@@ -94,7 +94,7 @@ class ModelParams(Section):
             )
         else:
             return self
-        raise PydanticCustomError("impossible_model", problem, {"field": "pool_size"})
+        raise PydanticCustomError("impossible_setting", problem, {"field": "pool_size"})
 
     @model_validator(mode="after")
     def fits_in_memory(self) -> Self:
@@ -106,7 +106,7 @@ class ModelParams(Section):
             f"{count:,} parameters; expected at most {MAX_PARAMETERS:,}: make "
             "model.dense_units, model.conv_filters or model.conv_kernel smaller"
         )
-        raise PydanticCustomError("impossible_model", problem, {"field": "dense_units"})
+        raise PydanticCustomError("impossible_setting", problem, {"field": "dense_units"})
 
     def parameter_count(self) -> int:
         """What Keras' model.count_params() will say, computed without building the model."""
@@ -139,9 +139,23 @@ class TrainParams(Section):
     optimizer: Literal["adam", "sgd", "rmsprop"]
     learning_rate: PositiveFloat
     lr_schedule: Literal["constant", "cosine"]
+    warmup_epochs: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    adam_beta_1: Fraction
+    adam_beta_2: Fraction
+    label_smoothing: Fraction
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
     steps_per_execution: PositiveInt
     augment: AugmentParams
+
+    @model_validator(mode="after")
+    def warmup_within_training(self) -> Self:
+        if self.warmup_epochs < self.epochs:
+            return self
+        problem = (
+            f"{self.warmup_epochs:g} is not less than train.epochs ({self.epochs}); expected"
+            " fewer warm-up epochs than epochs"
+        )
+        raise PydanticCustomError("impossible_setting", problem, {"field": "warmup_epochs"})
 
 
 class EvaluateParams(Section):
@@ -191,7 +205,7 @@ def describe_error(error: dict, source: Path, meant: str | None = None) -> str:
         return f"{source}: {key}: unknown key" + (f" (did you mean {meant}?)" if meant else "")
     if error["type"] == "missing":
         return f"{source}: {key}: missing key"
-    if error["type"] == "impossible_model":
+    if error["type"] == "impossible_setting":
         return f"{source}: {key}.{error['ctx']['field']}: {error['msg']}"
     expected = error["msg"][:1].lower() + error["msg"][1:]
     return f"{source}: {key}: {expected} (got {error['input']!r})"

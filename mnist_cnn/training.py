@@ -11,21 +11,34 @@ import tensorflow as tf
 
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.history import HISTORY_COLUMNS
-from mnist_cnn.inputs import evaluation_dataset, training_dataset
+from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
 from mnist_cnn.model import build_model
 from mnist_cnn.params import Params, TrainParams
 from mnist_cnn.tensorflow_setup import cpuinfo_field, make_deterministic, use_precision
 
 
-def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    learning_rate = params.learning_rate
-    if params.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            params.learning_rate, decay_steps=params.epochs * steps_per_epoch
-        )
-    return keras.optimizers.get(
-        {"class_name": params.optimizer, "config": {"learning_rate": learning_rate}}
+def learning_rate_schedule(
+    params: TrainParams, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`params.learning_rate`, reached after a linear warm-up from 0 over `warmup_epochs`, then
+    held (constant) or decayed to 0 by the last step (cosine): with both, a one-cycle schedule."""
+    warmup_steps = round(params.warmup_epochs * steps_per_epoch)
+    if not warmup_steps and params.lr_schedule == "constant":
+        return params.learning_rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else params.learning_rate,
+        decay_steps=max(1, params.epochs * steps_per_epoch - warmup_steps),
+        alpha=1.0 if params.lr_schedule == "constant" else 0.0,  # 1: no decay at all
+        warmup_target=params.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
     )
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    config = {"learning_rate": learning_rate_schedule(params, steps_per_epoch)}
+    if params.optimizer == "adam":
+        config |= {"beta_1": params.adam_beta_1, "beta_2": params.adam_beta_2}
+    return keras.optimizers.get({"class_name": params.optimizer, "config": config})
 
 
 class StopIfDiverged(keras.callbacks.Callback):
@@ -88,7 +101,8 @@ def train(
     steps_per_epoch = math.ceil(len(train_data["labels"]) / params.batch_size)
     model.compile(
         optimizer=make_optimizer(params, steps_per_epoch),
-        loss="sparse_categorical_crossentropy",
+        # One-hot targets: the sparse loss has no label smoothing.
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=params.steps_per_execution,
     )
@@ -98,7 +112,7 @@ def train(
             training_dataset(train_data["images"], train_data["labels"], params, seed),
             validation_data=evaluation_dataset(
                 validation_data["images"], validation_data["labels"], params.batch_size
-            ),
+            ).map(one_hot),
             epochs=params.epochs,
             shuffle=False,  # the dataset shuffles itself, from the seed
             callbacks=[interrupt, StopIfDiverged(params.learning_rate), *callbacks],

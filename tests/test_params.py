@@ -89,6 +89,15 @@ def test_bad_value_names_the_key_and_what_is_expected(raw_params, section, key, 
             "model.dense_units, model.conv_filters or model.conv_kernel smaller",
         ),
         (
+            {"train.epochs": 2, "train.warmup_epochs": 2},
+            "train.warmup_epochs: 2 is not less than train.epochs (2); expected fewer warm-up"
+            " epochs than epochs",
+        ),
+        (
+            {"train.label_smoothing": 1.0},
+            "train.label_smoothing: input should be less than 1 (got 1.0)",
+        ),
+        (
             {"model.conv_filters": [4096, 4096]},
             "model.dense_units: 202,488,842 parameters; expected at most 100,000,000: make "
             "model.dense_units, model.conv_filters or model.conv_kernel smaller",
@@ -135,6 +144,8 @@ def test_readme_command_for_the_notebook_setup():
         "adam",
     )
     assert params.train.learning_rate == 0.001 and params.train.lr_schedule == "constant"
+    assert params.train.warmup_epochs == 0 and params.train.label_smoothing == 0
+    assert (params.train.adam_beta_1, params.train.adam_beta_2) == (0.9, 0.999)  # Keras'
     assert params.train.precision == "float32"
     assert not params.train.augment.enabled
 

@@ -19,7 +19,7 @@ from mnist_cnn.tensorflow_setup import (
     onednn_lacks_bfloat16,
     resolve_precision,
 )
-from mnist_cnn.training import train
+from mnist_cnn.training import learning_rate_schedule, make_optimizer, train
 from tests.helpers import (
     TINY_MODEL,
     params_with,
@@ -97,6 +97,70 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\nbugs\t: none\n")
     assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx512_bf16"}
     assert cpu_flags(tmp_path / "absent") == set()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup_epochs", "expected"),
+    [
+        # learning rate at steps 0, 10 (end of warm-up), 55 and 99 of 10 epochs of 10 steps
+        ("cosine", 1, [0.0, 0.01, 0.005, 0.0]),
+        ("cosine", 0, [0.01, 0.0097, 0.0043, 0.0]),
+        ("constant", 1, [0.0, 0.01, 0.01, 0.01]),
+        ("constant", 0, [0.01, 0.01, 0.01, 0.01]),
+    ],
+)
+def test_learning_rate_warms_up_then_holds_or_decays(schedule, warmup_epochs, expected):
+    params = parse_params(
+        params_with(
+            {
+                "train.epochs": 10,
+                "train.learning_rate": 0.01,
+                "train.lr_schedule": schedule,
+                "train.warmup_epochs": warmup_epochs,
+            }
+        )
+    ).train
+    schedule = learning_rate_schedule(params, steps_per_epoch=10)
+    rate_at = schedule if callable(schedule) else lambda step: schedule
+    assert [float(rate_at(step)) for step in (0, 10, 55, 99)] == pytest.approx(
+        expected, abs=1e-4
+    )
+
+
+def test_adam_takes_its_betas_from_params():
+    params = parse_params(params_with({"train.adam_beta_1": 0.8, "train.adam_beta_2": 0.99}))
+    optimizer = make_optimizer(params.train, steps_per_epoch=10)
+    assert (optimizer.beta_1, optimizer.beta_2) == (0.8, 0.99)
+
+
+def test_label_smoothing_reaches_the_loss(tmp_path):
+    """With smoothing the targets are no longer one-hot: a perfect, confident model still
+    has a loss; without it, none."""
+    train_data = {"images": np.zeros((8, 28, 28), "uint8"), "labels": np.zeros(8, "int64")}
+    losses = {}
+    for smoothing in (0.0, 0.2):
+        params = parse_params(
+            params_with(
+                {
+                    "seed": 0,
+                    "train.epochs": 1,
+                    "train.batch_size": 8,
+                    "train.learning_rate": 1e-9,
+                    "train.label_smoothing": smoothing,
+                    "train.augment.rotation_degrees": 0,
+                    "train.augment.zoom": 0,
+                    "train.augment.shift": 0,
+                    **TINY_MODEL,
+                }
+            )
+        )
+        model = build_model(params.model)
+        # Bias the output to be certain of digit 0 for every (blank) image.
+        model.layers[-1].bias.assign([50.0] + [0.0] * 9)
+        history = train(model, train_data, train_data, params.train, 0, verbose=0)
+        losses[smoothing] = history["val_loss"].iloc[-1]
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-6)
+    assert losses[0.2] > 1.0  # 0.18 of the target mass on nine digits at probability ~e^-50
 
 
 def test_shared_object_ids_are_renumbered_in_order():
