@@ -1,11 +1,13 @@
 """Train the seed notebook's setup and the project's train stage back to back, on the same
-prepared data, and compare time, memory and test accuracy.
+prepared data, and compare time, memory and test accuracy against the targets.
 
     python -m benchmarks.train_speed [--seeds N] [--output benchmarks/results.json]
 
 Needs the prepared data (`dvc repro preprocess`). Each run is a fresh Python process, so each
 gets its own TensorFlow start-up and its own peak resident memory; runs go one after another,
-never side by side, so that they do not share the cores.
+never side by side, so that they do not share the cores. The defaults run twice: in the
+precision `auto` picks on this machine, and forced to float32; where `auto` is float32 anyway
+(a CPU without bfloat16), the same runs stand for both.
 """
 
 import argparse
@@ -23,9 +25,14 @@ SETUPS = {
     "reference": (
         "seed notebook: plain Keras, Adam 0.001, batch 32, float32, arrays, no augmentation"
     ),
-    "project": "train stage, params.yaml as committed",
-    "project-no-augment": "train stage, params.yaml with augmentation off",
+    "defaults": "train stage, params.yaml as committed (precision auto)",
+    "defaults-float32": "train stage, params.yaml as committed, precision float32",
+    "defaults-no-augment": "train stage, params.yaml with augmentation off",
 }
+DEFAULT_SETUPS = ["reference", "defaults", "defaults-float32"]
+# The issue's targets: mean test accuracy of the seeds, and training time as a fraction of the
+# reference's.
+TARGETS = {"defaults": (0.9940, 0.35), "defaults-float32": (0.9935, 0.50)}
 
 
 def train_reference(train_data: dict, seed: int) -> tuple[object, int]:
@@ -56,24 +63,27 @@ def train_reference(train_data: dict, seed: int) -> tuple[object, int]:
 
 
 def train_project(
-    train_data: dict, validation_data: dict, seed: int, augment: bool
-) -> tuple[object, int]:
+    train_data: dict, validation_data: dict, seed: int, setup: str
+) -> tuple[object, int, str]:
     """What `python -m stages.train` does, minus writing files."""
     from mnist_cnn.params import AugmentParams, load_params
     from mnist_cnn.training import fit_model
 
     params = load_params()
     settings = params.train
-    if not augment:
+    if setup == "defaults-no-augment":
         off = AugmentParams(**dict.fromkeys(AugmentParams.model_fields, 0))
         settings = settings.model_copy(update={"augment": off})
+    if setup == "defaults-float32":
+        settings = settings.model_copy(update={"precision": "float32"})
     params = params.model_copy(update={"seed": seed, "train": settings})
-    model, _, _ = fit_model(params, train_data, validation_data, verbose=0)
-    return model, settings.epochs
+    model, _, precision = fit_model(params, train_data, validation_data, verbose=0)
+    return model, settings.epochs, precision
 
 
 def run_one(setup: str, seed: int, result_path: Path) -> None:
-    """In a child process: train one setup, score it on the test set, write the figures."""
+    """In a child process: train one setup, score it on the validation and test sets, write
+    the figures."""
     from mnist_cnn.files import read_npz
     from mnist_cnn.params import load_params
 
@@ -84,18 +94,27 @@ def run_one(setup: str, seed: int, result_path: Path) -> None:
     started = time.perf_counter()
     if setup == "reference":
         model, epochs = train_reference(train_data, seed)
-        test_images = test["images"][..., None].astype("float32") / 255
+        precision = "float32"
     else:
-        model, epochs = train_project(train_data, validation_data, seed, setup == "project")
-        test_images = test["images"][..., None]
+        model, epochs, precision = train_project(train_data, validation_data, seed, setup)
     seconds = time.perf_counter() - started
-    predicted = model.predict(test_images, batch_size=1000, verbose=0).argmax(axis=1)
+    scale = 255 if setup == "reference" else 1  # the reference's model takes scaled pixels
+
+    def accuracy(data: dict) -> float:
+        images = data["images"][..., None].astype("float32") / scale
+        predicted = model.predict(images, batch_size=1000, verbose=0).argmax(axis=1)
+        return float((predicted == data["labels"]).mean())
+
     result = {
+        "precision": precision,
         "epochs": epochs,
         "train_seconds": seconds,
         "seconds_per_epoch": seconds / epochs,
         "images_per_second": len(train_data["labels"]) * epochs / seconds,
-        "test_accuracy": float((predicted == test["labels"]).mean()),
+        # Defaults are chosen on the validation images (held out of training in every setup);
+        # the test images only report.
+        "validation_accuracy": accuracy(validation_data),
+        "test_accuracy": accuracy(test),
     }
     result_path.write_text(json.dumps(result))
 
@@ -125,9 +144,12 @@ def measure(setup: str, seed: int) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    mean = {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
-    accuracies = [run["test_accuracy"] for run in runs]
-    mean["test_accuracy_std"] = statistics.stdev(accuracies) if len(runs) > 1 else 0.0
+    figures = [key for key in runs[0] if key != "precision"]
+    mean = {key: statistics.fmean(run[key] for run in runs) for key in figures}
+    mean["precision"] = runs[0]["precision"]
+    for key in ("validation_accuracy", "test_accuracy"):
+        values = [run[key] for run in runs]
+        mean[f"{key}_std"] = statistics.stdev(values) if len(runs) > 1 else 0.0
     mean["runs"] = runs
     return mean
 
@@ -135,15 +157,18 @@ def summarize(runs: list[dict]) -> dict:
 def table(summary: dict) -> str:
     reference = summary["setups"]["reference"]
     lines = [
-        "| setup | s/epoch | images/s | train s | peak RSS MiB | test accuracy (mean ± sd)"
-        " | time vs reference |",
-        "|---|---|---|---|---|---|---|",
+        "| setup | s/epoch | images/s | train s | peak RSS MiB | validation accuracy"
+        " | test accuracy (mean ± sd) | time vs reference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in summary["setups"].items():
         lines.append(
-            f"| {name} ({result['epochs']:.0f} epochs) | {result['seconds_per_epoch']:.1f} "
+            f"| {name} ({result['epochs']:.0f} epochs, {result['precision']}) "
+            f"| {result['seconds_per_epoch']:.1f} "
             f"| {result['images_per_second']:,.0f} | {result['train_seconds']:.0f} "
             f"| {result['peak_rss_mib']:,.0f} "
+            f"| {100 * result['validation_accuracy']:.2f} % "
+            f"± {100 * result['validation_accuracy_std']:.2f} "
             f"| {100 * result['test_accuracy']:.2f} % ± {100 * result['test_accuracy_std']:.2f} "
             f"| {result['train_seconds'] / reference['train_seconds']:.2f}× total, "
             f"{result['seconds_per_epoch'] / reference['seconds_per_epoch']:.2f}× per epoch |"
@@ -151,12 +176,45 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def verdicts(summary: dict) -> list[str]:
+    """One line per target of the issue: met or missed, with the figure."""
+    reference = summary["setups"]["reference"]
+    lines = []
+    for name, (accuracy, time_ratio) in TARGETS.items():
+        result = summary["setups"].get(name)
+        if result is None:
+            continue
+        ratio = result["train_seconds"] / reference["train_seconds"]
+        for label, value, met, target in (
+            (
+                "test accuracy",
+                f"{100 * result['test_accuracy']:.2f} %",
+                result["test_accuracy"] >= accuracy,
+                f">= {100 * accuracy:.2f} %",
+            ),
+            (
+                "training time",
+                f"{ratio:.2f}x the reference's",
+                ratio <= time_ratio,
+                f"<= {time_ratio:.2f}x",
+            ),
+            (
+                "peak RSS",
+                f"{result['peak_rss_mib']:,.0f} MiB",
+                result["peak_rss_mib"] <= reference["peak_rss_mib"],
+                f"<= {reference['peak_rss_mib']:,.0f} MiB",
+            ),
+        ):
+            lines.append(f"{name}: {label} {value} ({'met' if met else 'MISSED'}: {target})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs per setup (seeds 0..N-1)")
-    parser.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
+    parser.add_argument("--setups", nargs="+", choices=SETUPS, default=DEFAULT_SETUPS)
     parser.add_argument("--output", type=Path, help="write the figures here as JSON")
     parser.add_argument("--child", choices=SETUPS, help=argparse.SUPPRESS)
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
@@ -168,23 +226,42 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from mnist_cnn.tensorflow_setup import available_cores, cpuinfo_field
+    from mnist_cnn.tensorflow_setup import (
+        available_cores,
+        cpu_flags,
+        cpuinfo_field,
+        gpu_capabilities,
+        resolve_precision,
+    )
 
+    auto = resolve_precision("auto", cpu_flags(), gpu_capabilities())
     setups = ["reference"] + [name for name in args.setups if name != "reference"]
+    # Where auto is float32, forcing float32 runs the very same computation: measured once.
+    same_runs = {"defaults-float32": "defaults"} if auto == "float32" else {}
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     for seed in range(args.seeds):
         for name in setups:
+            if same_runs.get(name) in setups:
+                continue
             result = measure(name, seed)
             runs[name].append(result)
             print(
                 f"{name} seed {seed}: {result['train_seconds']:.0f} s, "
                 f"{result['seconds_per_epoch']:.1f} s/epoch, "
+                f"validation accuracy {100 * result['validation_accuracy']:.2f} %, "
                 f"test accuracy {100 * result['test_accuracy']:.2f} %",
                 flush=True,
             )
+    for name, same in same_runs.items():
+        if name in setups and same in setups:
+            runs[name] = runs[same]
     summary = {
         "machine": {
             "cpu": cpuinfo_field("model name") or platform.processor() or "unknown",
+            "cpu_family_model": [cpuinfo_field("cpu family"), cpuinfo_field("model")],
+            "bfloat16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+            "avx512f": "avx512f" in cpu_flags(),
+            "auto_precision": auto,
             "cores": available_cores(),
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
@@ -201,6 +278,10 @@ def main() -> None:
         f"TensorFlow {summary['machine']['tensorflow']}, {args.seeds} seed(s)"
     )
     print(table(summary))
+    if auto == "float32" and "defaults-float32" in setups:
+        print("(precision auto is float32 on this machine: defaults-float32 is the same runs)")
+    print()
+    print("\n".join(verdicts(summary)))
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -172,6 +172,16 @@ def resolve_precision(requested: str, flags: set[str], gpus: list[tuple[int, int
     return "mixed_bfloat16" if flags & BF16_CPU_FLAGS else "float32"
 
 
+def gpu_capabilities() -> list[tuple[int, int]]:
+    """The compute capability of each GPU TensorFlow sees; [] on a machine without one."""
+    import tensorflow as tf
+
+    return [
+        compute_capability(tf.config.experimental.get_device_details(gpu))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+
+
 def use_precision(requested: str) -> str:
     """Set Keras' global dtype policy; return the precision actually used.
 
@@ -179,12 +189,7 @@ def use_precision(requested: str) -> str:
     small gradients do not round to zero in float16.
     """
     import keras
-    import tensorflow as tf
 
-    gpus = [
-        compute_capability(tf.config.experimental.get_device_details(gpu))
-        for gpu in tf.config.list_physical_devices("GPU")
-    ]
-    precision = resolve_precision(requested, cpu_flags(), gpus)
+    precision = resolve_precision(requested, cpu_flags(), gpu_capabilities())
     keras.mixed_precision.set_dtype_policy(precision)
     return precision
