@@ -64,14 +64,10 @@ def training_dataset(
 ) -> tf.data.Dataset:
     """uint8 images in memory -> shuffled (and augmented) batches with one-hot labels,
     different every epoch, the same in every run with the same seed."""
-    # Shuffle indices, not images: the shuffle buffer then holds 55,000 integers instead of
-    # 55,000 image tensors, and each batch is gathered from the one array in memory.
-    images, labels = tf.constant(images[..., None]), tf.constant(labels)
     dataset = (
-        tf.data.Dataset.range(len(labels))
-        .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices((images[..., None], labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         .batch(params.batch_size)
-        .map(lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)))
     )
     if params.augment.enabled:
         batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -251,8 +251,12 @@ def check_metrics_fit_a_terminal(repo: Repo, experiment: dict) -> None:
     table = repo.run(sys.executable, "-m", "dvc", "exp", "show", "--only-changed", env=narrow)
     screen = [line[:120] for line in table.stdout.splitlines()]
     header = next(line for line in screen if "Experiment" in line).split()
-    assert header[:3] == ["Experiment", "Created", "accuracy"], table.stdout
     accuracy = experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
+    committed = json.loads(repo.run("git", "show", "HEAD:metrics/evaluate.json").stdout)
+    if committed["accuracy"] == accuracy:  # on the small test set, a tie happens: not "changed"
+        assert "accuracy" not in header, table.stdout
+        return
+    assert header[:3] == ["Experiment", "Created", "accuracy"], table.stdout
     # The workspace's row, and the experiment's, named as `└── 2a5da5d [waspy-uvea]`.
     rows = [line for line in screen if re.match(r"\s*(workspace|└── \w+ \[[\w-]+\])\s", line)]
     assert len(rows) == 2, table.stdout
