@@ -1,9 +1,10 @@
 """TensorFlow's set-up, in one place: a quiet start, oneDNN kept off where it lacks bfloat16,
-seeds and determinism, thread pools, and the precision the hardware runs fastest.
+fewer malloc arenas, seeds and determinism, thread pools, and the precision the hardware runs
+fastest.
 
-`quiet_tensorflow_import()` runs once, when the package is imported (mnist_cnn/__init__.py),
-and imports nothing heavy: commands that never touch TensorFlow (report, push-run-cache,
---help) do not pay for it.
+`few_malloc_arenas()` and `quiet_tensorflow_import()` run once, when the package is imported
+(mnist_cnn/__init__.py), and import nothing heavy: commands that never touch TensorFlow
+(report, push-run-cache, --help) do not pay for it.
 
 On a machine without a GPU, importing TensorFlow prints about nine lines ("Could not find cuda
 drivers", "E0000 ... failed call to cuInit", notes on CPU instructions) that read as failures.
@@ -12,6 +13,7 @@ they are filtered there: the known start-up lines are dropped and every other li
 on, so a real error still shows.
 """
 
+import ctypes
 import importlib.abc
 import importlib.machinery
 import os
@@ -39,6 +41,8 @@ BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
 # NVIDIA compute capabilities from which tensor cores take bfloat16 (Ampere) and float16 (Volta).
 BF16_GPU_CAPABILITY = (8, 0)
 FP16_GPU_CAPABILITY = (7, 0)
+# glibc's mallopt parameter for the most arenas (malloc.h).
+M_ARENA_MAX = -8
 
 
 @contextmanager
@@ -110,6 +114,26 @@ def quiet_tensorflow_import() -> None:
         isinstance(finder, QuietTensorFlowImport) for finder in sys.meta_path
     ):
         sys.meta_path.insert(0, QuietTensorFlowImport())
+
+
+def few_malloc_arenas() -> None:
+    """Cap glibc's malloc at one arena per core, before TensorFlow starts its threads.
+
+    By default glibc gives threads arenas of their own, up to 8 per core, and each arena keeps
+    what was freed in it: TensorFlow's thread pools and tf.data's threads left training's peak
+    resident memory 134 MiB higher (1,200 against 1,066 MiB, 5 epochs of the defaults on a
+    2-core Zen 3), for the same bits. It must run before glibc sets its own limit, at the ninth
+    arena: at import. A MALLOC_ARENA_MAX of the user's wins; other C libraries are left alone.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not hasattr(os, "confstr"):
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        libc = ctypes.CDLL("libc.so.6")
+    except (OSError, ValueError):  # not glibc
+        return
+    libc.mallopt(M_ARENA_MAX, available_cores())
 
 
 def available_cores() -> int:

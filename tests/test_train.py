@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -14,6 +17,7 @@ from mnist_cnn.inputs import random_affine
 from mnist_cnn.model import build_model, renumber_shared_objects
 from mnist_cnn.params import parse_params
 from mnist_cnn.tensorflow_setup import (
+    available_cores,
     compute_capability,
     cpu_flags,
     onednn_lacks_bfloat16,
@@ -251,6 +255,48 @@ def test_bfloat16_trains_where_onednn_has_no_kernel_for_it(tmp_path):
     assert result.returncode == 0, result.stderr
     model = keras.models.load_model(tmp_path / params["paths"]["model"], compile=False)
     assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+
+
+ARENAS_AFTER_16_THREADS = """
+import ctypes, sys, tempfile, threading
+if sys.argv[1] == "package":
+    import mnist_cnn
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+barrier = threading.Barrier(16)
+def allocate():
+    barrier.wait()  # all 16 alive at once: none can take over an ended thread's arena
+    libc.malloc(64)
+    barrier.wait()
+threads = [threading.Thread(target=allocate) for _ in range(16)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(report.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(
+    not (hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names),
+    reason="malloc arenas are glibc's",
+)
+def test_the_package_caps_malloc_arenas_at_one_per_core():
+    """Sixteen threads that each allocate get an arena each from glibc; after the package's
+    import, they share one per core (each arena keeps what was freed in it: peak memory)."""
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def arenas(imports: str) -> int:
+        command = [sys.executable, "-c", ARENAS_AFTER_16_THREADS, imports]
+        printed = subprocess.run(command, env=environ, capture_output=True, text=True, check=True)
+        return int(printed.stdout)
+
+    assert arenas("package") <= available_cores() < arenas("nothing")
 
 
 def test_onednn_without_a_kernel_is_one_line(capsys, monkeypatch):
