@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -84,20 +85,30 @@ def train_project(
 def run_one(setup: str, seed: int, result_path: Path) -> None:
     """In a child process: train one setup, score it on the validation and test sets, write
     the figures."""
-    from mnist_cnn.files import read_npz
-    from mnist_cnn.params import load_params
+    import numpy as np
+    import yaml
 
-    paths = load_params().paths
-    train_data, validation_data, test = (
-        read_npz(path) for path in (paths.train_data, paths.validation_data, paths.test_data)
-    )
+    # Read without the project's package: importing it sets up the process (malloc arenas,
+    # TensorFlow's start-up), and the reference is the notebook, which has none of that.
+    paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
+
+    def read(key: str) -> dict:
+        with np.load(paths[key]) as archive:
+            return dict(archive)
+
+    train_data, validation_data, test = map(read, ("train_data", "validation_data", "test_data"))
     started = time.perf_counter()
     if setup == "reference":
         model, epochs = train_reference(train_data, seed)
         precision = "float32"
+        if "mnist_cnn" in sys.modules:
+            raise SystemExit("benchmark: the reference run imported the project's package")
     else:
         model, epochs, precision = train_project(train_data, validation_data, seed, setup)
     seconds = time.perf_counter() - started
+    # The peak so far is training's own: the scoring below is the benchmark's, the same code
+    # for every setup, and its peak on top of what training left is the process's.
+    train_peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     scale = 255 if setup == "reference" else 1  # the reference's model takes scaled pixels
 
     def accuracy(data: dict) -> float:
@@ -111,6 +122,7 @@ def run_one(setup: str, seed: int, result_path: Path) -> None:
         "train_seconds": seconds,
         "seconds_per_epoch": seconds / epochs,
         "images_per_second": len(train_data["labels"]) * epochs / seconds,
+        "train_peak_rss_mib": train_peak_rss_mib,
         # Defaults are chosen on the validation images (held out of training in every setup);
         # the test images only report.
         "validation_accuracy": accuracy(validation_data),
@@ -120,13 +132,16 @@ def run_one(setup: str, seed: int, result_path: Path) -> None:
 
 
 def measure(setup: str, seed: int) -> dict:
-    """Run one setup in a fresh process; add its peak resident memory."""
+    """Run one setup in a fresh process; add the whole process's peak resident memory."""
     with tempfile.TemporaryDirectory() as scratch:
         result_path = Path(scratch) / "result.json"
+        # The reference runs this file as a plain script, as the notebook would run: not as
+        # part of the benchmarks package, whose import sets the process up the project's way
+        # (mnist_cnn/tensorflow_setup.py: malloc arenas, TensorFlow's start-up).
+        module = [__file__] if setup == "reference" else ["-m", "benchmarks.train_speed"]
         command = [
             sys.executable,
-            "-m",
-            "benchmarks.train_speed",
+            *module,
             "--child",
             setup,
             "--child-seed",
@@ -134,12 +149,15 @@ def measure(setup: str, seed: int) -> dict:
             "--child-result",
             str(result_path),
         ]
-        child = subprocess.Popen(command)
-        _, status, usage = os.wait4(child.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"benchmark run {setup} (seed {seed}) failed")
+        with open(Path(scratch) / "stderr", "w+") as stderr:
+            child = subprocess.Popen(command, stderr=stderr)
+            _, status, usage = os.wait4(child.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                stderr.seek(0)
+                sys.stderr.write(stderr.read())
+                raise SystemExit(f"benchmark run {setup} (seed {seed}) failed")
         result = json.loads(result_path.read_text())
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    result["process_peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
 
 
@@ -157,7 +175,8 @@ def summarize(runs: list[dict]) -> dict:
 def table(summary: dict) -> str:
     reference = summary["setups"]["reference"]
     lines = [
-        "| setup | s/epoch | images/s | train s | peak RSS MiB | validation accuracy"
+        "| setup | s/epoch | images/s | train s | peak RSS MiB: training, process"
+        " | validation accuracy"
         " | test accuracy (mean ± sd) | time vs reference |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -166,7 +185,7 @@ def table(summary: dict) -> str:
             f"| {name} ({result['epochs']:.0f} epochs, {result['precision']}) "
             f"| {result['seconds_per_epoch']:.1f} "
             f"| {result['images_per_second']:,.0f} | {result['train_seconds']:.0f} "
-            f"| {result['peak_rss_mib']:,.0f} "
+            f"| {result['train_peak_rss_mib']:,.0f}, {result['process_peak_rss_mib']:,.0f} "
             f"| {100 * result['validation_accuracy']:.2f} % "
             f"± {100 * result['validation_accuracy_std']:.2f} "
             f"| {100 * result['test_accuracy']:.2f} % ± {100 * result['test_accuracy_std']:.2f} "
@@ -177,12 +196,17 @@ def table(summary: dict) -> str:
 
 
 def verdicts(summary: dict) -> list[str]:
-    """One line per target of the issue: met or missed, with the figure."""
+    """One line per target of the issue: met or missed, with the figure. Where `auto` is
+    float32 (no bfloat16), the issue sets the float32 targets only: the `auto` ones assume a
+    CPU that trains in bfloat16."""
     reference = summary["setups"]["reference"]
     lines = []
     for name, (accuracy, time_ratio) in TARGETS.items():
         result = summary["setups"].get(name)
         if result is None:
+            continue
+        if name == "defaults" and result["precision"] == "float32":
+            lines.append(f"{name}: precision auto is float32 here: the float32 targets apply")
             continue
         ratio = result["train_seconds"] / reference["train_seconds"]
         for label, value, met, target in (
@@ -199,10 +223,10 @@ def verdicts(summary: dict) -> list[str]:
                 f"<= {time_ratio:.2f}x",
             ),
             (
-                "peak RSS",
-                f"{result['peak_rss_mib']:,.0f} MiB",
-                result["peak_rss_mib"] <= reference["peak_rss_mib"],
-                f"<= {reference['peak_rss_mib']:,.0f} MiB",
+                "peak RSS of training",
+                f"{result['train_peak_rss_mib']:,.0f} MiB",
+                result["train_peak_rss_mib"] <= reference["train_peak_rss_mib"],
+                f"<= {reference['train_peak_rss_mib']:,.0f} MiB",
             ),
         ):
             lines.append(f"{name}: {label} {value} ({'met' if met else 'MISSED'}: {target})")
