@@ -336,7 +336,7 @@ def test_readme_sweep_as_written(built, precision):
     sweep = experiments(repo)
     assert [e["params"]["params.yaml"]["data"]["threads"] for e in sweep] == [1, 1, 1]
     rates = sorted(e["params"]["params.yaml"]["data"]["train"]["learning_rate"] for e in sweep)
-    assert rates == [0.0025, 0.005, 0.01]
+    assert rates == [0.005, 0.01, 0.02]
     for experiment in sweep:
         assert 0.1 < experiment["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
     narrow = {"COLUMNS": "120"}
