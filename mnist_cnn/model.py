@@ -56,12 +56,23 @@ def renumber_shared_objects(config: object, numbers: dict[int, int] | None = Non
 def save_model(model: keras.Model, path: Path) -> None:
     """Save as .keras without what changes from run to run (save date, zip times, object ids),
     so equal weights give equal bytes and dvc.lock stays put."""
-    with scratch_directory_beside(path) as scratch:
-        saved = scratch / "model.keras"
-        model.save(saved)
-        with zipfile.ZipFile(saved) as archive:
-            entries = {info.filename: archive.read(info) for info in archive.infolist()}
-            compression = archive.infolist()[0].compress_type
+    try:
+        with scratch_directory_beside(path) as scratch:
+            saved = scratch / "model.keras"
+            model.save(saved)
+            with zipfile.ZipFile(saved) as archive:
+                entries = {info.filename: archive.read(info) for info in archive.infolist()}
+                compression = archive.infolist()[0].compress_type
+    except Exception as error:
+        # A trained model that memory cannot copy out: h5py's clean-up then hides the
+        # MemoryError behind "I/O operation on closed file", so the chain is searched.
+        if not any(isinstance(cause, MemoryError) for cause in exception_chain(error)):
+            raise
+        raise PipelineError(
+            f"{path}: out of memory while saving a model of {model.count_params():,} "
+            "parameters: make the model (model.dense_units, model.conv_filters) smaller or "
+            "free memory"
+        ) from None
     metadata = json.loads(entries["metadata.json"])
     metadata.pop("date_saved", None)
     entries["metadata.json"] = json.dumps(metadata).encode()
@@ -69,12 +80,19 @@ def save_model(model: keras.Model, path: Path) -> None:
     entries["config.json"] = json.dumps(config).encode()
     write_zip(path, entries, compression)
 
-def load_failure(error: BaseException) -> str:
-    """Why Keras could not load a model, in one line: the innermost error of the chain Keras
-    raises (the outer ones say only "could not be deserialized"), and which layer it was in."""
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling, outermost first."""
     chain = [error]
     while (inner := chain[-1].__cause__ or chain[-1].__context__) and inner not in chain:
         chain.append(inner)
+    return chain
+
+
+def load_failure(error: BaseException) -> str:
+    """Why Keras could not load a model, in one line: the innermost error of the chain Keras
+    raises (the outer ones say only "could not be deserialized"), and which layer it was in."""
+    chain = exception_chain(error)
     layers = [re.search(r"deserializing class '(\w+)'", str(link)) for link in chain]
     layer = next((found[1] for found in layers if found), None)
     lines = str(chain[-1]).strip().splitlines()
