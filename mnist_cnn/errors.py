@@ -2,6 +2,7 @@
 non-zero exit."""
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -10,6 +11,11 @@ INTERRUPTED_EXIT = 130
 # What TensorFlow raises when oneDNN has no kernel for an op's type on this CPU: bfloat16
 # with oneDNN forced on (TF_ENABLE_ONEDNN_OPTS=1) and capped below AVX-512 (ONEDNN_MAX_CPU_ISA).
 ONEDNN_WITHOUT_KERNEL = "could not create a primitive descriptor"
+# How TensorFlow's oneDNN kernels report that oneDNN could not allocate (its status 1,
+# dnnl_out_of_memory), in the AbortedError they raise: "Compute received an
+# exception:Status:1, message: could not create a memory object. in file ...". Other statuses
+# (an invalid argument, a kernel missing) are other failures and keep their own message.
+ONEDNN_OUT_OF_MEMORY = re.compile(r"received an exception: ?Status: ?1, message: ")
 
 
 class PipelineError(Exception):
@@ -17,8 +23,9 @@ class PipelineError(Exception):
 
 
 def run(main: Callable[[], int | None], name: str) -> int:
-    """Run a stage's or command's `main()`, named `name` in messages; a PipelineError, Ctrl-C
-    or a oneDNN kernel missing for the model's precision becomes one line and a non-zero exit.
+    """Run a stage's or command's `main()`, named `name` in messages; a PipelineError, Ctrl-C,
+    running out of memory or a oneDNN kernel missing for the model's precision becomes one line
+    and a non-zero exit.
     Returns the exit status: `main()`'s own, if it returns one.
 
     Outputs are written atomically (mnist_cnn/files.py), so neither leaves a partial file.
@@ -33,6 +40,13 @@ def run(main: Callable[[], int | None], name: str) -> int:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as error:
+        if out_of_memory(error):  # where no stage said more (train does: model and batch)
+            print(
+                f"error: {name}: out of memory: this machine cannot hold what {name} needs; "
+                "free memory, or make the model and batch sizes in params.yaml smaller",
+                file=sys.stderr,
+            )
+            return 1
         if ONEDNN_WITHOUT_KERNEL not in str(error):
             raise
         settings = ", ".join(
@@ -48,6 +62,35 @@ def run(main: Callable[[], int | None], name: str) -> int:
         )
         return 1
     return status or 0
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling, outermost first."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) and inner not in chain:
+        chain.append(inner)
+    return chain
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error`, or an error it came from, is the machine running out of memory, whichever
+    library found it: Python or h5py (MemoryError, which h5py's clean-up hides behind "I/O
+    operation on closed file"), TensorFlow's allocator (ResourceExhaustedError, where its own
+    kernels run: AVX2 CPUs) or oneDNN's (an AbortedError with oneDNN's out-of-memory status,
+    where oneDNN runs the convolution and pooling kernels too: AVX-512 CPUs)."""
+    tensorflow = sys.modules.get("tensorflow")  # no TensorFlow error without TensorFlow loaded
+    for cause in exception_chain(error):
+        if isinstance(cause, MemoryError):
+            return True
+        if tensorflow is None:
+            continue
+        if isinstance(cause, tensorflow.errors.ResourceExhaustedError):
+            return True
+        if isinstance(cause, tensorflow.errors.AbortedError) and ONEDNN_OUT_OF_MEMORY.search(
+            str(cause)
+        ):
+            return True
+    return False
 
 
 def params_unchanged(name: str) -> None:

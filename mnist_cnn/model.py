@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import mnist
-from mnist_cnn.errors import PipelineError
+from mnist_cnn.errors import PipelineError, exception_chain, out_of_memory
 from mnist_cnn.files import scratch_directory_beside, write_zip
 from mnist_cnn.params import ModelParams
 
@@ -64,9 +64,7 @@ def save_model(model: keras.Model, path: Path) -> None:
                 entries = {info.filename: archive.read(info) for info in archive.infolist()}
                 compression = archive.infolist()[0].compress_type
     except Exception as error:
-        # A trained model that memory cannot copy out: h5py's clean-up then hides the
-        # MemoryError behind "I/O operation on closed file", so the chain is searched.
-        if not any(isinstance(cause, MemoryError) for cause in exception_chain(error)):
+        if not out_of_memory(error):  # a trained model that memory cannot copy out
             raise
         raise PipelineError(
             f"{path}: out of memory while saving a model of {model.count_params():,} "
@@ -79,14 +77,6 @@ def save_model(model: keras.Model, path: Path) -> None:
     config = renumber_shared_objects(json.loads(entries["config.json"]))
     entries["config.json"] = json.dumps(config).encode()
     write_zip(path, entries, compression)
-
-
-def exception_chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from or while handling, outermost first."""
-    chain = [error]
-    while (inner := chain[-1].__cause__ or chain[-1].__context__) and inner not in chain:
-        chain.append(inner)
-    return chain
 
 
 def load_failure(error: BaseException) -> str:

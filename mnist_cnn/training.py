@@ -9,7 +9,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from mnist_cnn.errors import PipelineError
+from mnist_cnn.errors import PipelineError, out_of_memory
 from mnist_cnn.history import HISTORY_COLUMNS
 from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
 from mnist_cnn.model import build_model
@@ -157,7 +157,9 @@ def fit_model(
         history = train(
             model, train_data, validation_data, params.train, params.seed, verbose, callbacks
         )
-    except (tf.errors.ResourceExhaustedError, MemoryError):
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
         raise PipelineError(
             f"train: out of memory for a model of {params.model.parameter_count():,} "
             f"parameters at train.batch_size {params.train.batch_size}: make the model "

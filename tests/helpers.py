@@ -243,13 +243,42 @@ def run_module(
     env: dict[str, str] | None,
     timeout: float,
 ) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <arguments>` in `cwd`, with the project importable."""
+    return run_python(["-m", module, *arguments], cwd, env, timeout)
+
+
+def run_script(
+    script: str,
+    arguments: tuple[str, ...],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    address_space: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `python -c <script> <arguments>` in `cwd`, with the project importable; its address
+    space limited to `address_space` bytes if given (setrlimit(RLIMIT_AS): Linux only)."""
+    return run_python(["-c", script, *arguments], cwd, env, 300, address_space)
+
+
+def run_python(
+    arguments: list[str],
+    cwd: Path,
+    env: dict[str, str] | None,
+    timeout: float,
+    address_space: int | None = None,
+) -> subprocess.CompletedProcess:
+    def limit_address_space() -> None:
+        import resource  # Unix only
+
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     return subprocess.run(
-        [sys.executable, "-m", module, *arguments],
+        [sys.executable, *arguments],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=limit_address_space if address_space else None,
     )
 
 

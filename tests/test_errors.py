@@ -1,19 +1,15 @@
 """A user's mistake, seen from the command line: one line on stderr, exit 1, no traceback,
 no output written."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from mnist_cnn.params import PARAMS_FILE
 from tests.helpers import (
-    PROJECT_ROOT,
     TINY_MODEL,
     error_line,
     params_with,
+    run_script,
     run_stage_cli,
     write_params,
     write_tiny_data,
@@ -87,13 +83,7 @@ def test_tensorflow_start_up_log_is_filtered_and_other_lines_pass(tmp_path):
         "    os.write(2, b'I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
         "    os.write(2, b'E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\\n')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(script, (), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "E0000 00:00:1.2 1 some_kernel.cc:9] a real failure\n"
 

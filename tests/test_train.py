@@ -27,6 +27,7 @@ from mnist_cnn.training import learning_rate_schedule, make_optimizer, train
 from tests.helpers import (
     TINY_MODEL,
     params_with,
+    run_script,
     run_stage_cli,
     write_params,
     write_tiny_data,
@@ -317,6 +318,143 @@ def test_onednn_without_a_kernel_is_one_line(capsys, monkeypatch):
     assert line.count("\n") == 1
     assert "TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2" in line
     assert "set TF_ENABLE_ONEDNN_OPTS=0" in line and "train.precision: float32" in line
+
+
+# Running out of memory as each library says it, in its own words. Where oneDNN runs the
+# pooling kernels too (AVX-512 CPUs, or TF_ENABLE_ONEDNN_OPTS=1), it is an AbortedError: the
+# first text is what a Zen 4 printed for the 512-filter test below (TensorFlow 2.21), the
+# second the spelling of older TensorFlow releases.
+ONEDNN_OUT_OF_MEMORY_TEXTS = [
+    "Graph execution error:\n\nDetected at node gradient_tape/functional_1/max_pooling2d_1/"
+    "MaxPool2d/MaxPoolGrad defined at (most recent call last):\nCompute received an exception:"
+    "Status:1, message: could not create a memory object. in file "
+    "tensorflow/core/kernels/mkl/mkl_maxpooling_op.cc:388",
+    "Compute received an exception:Status: 1, message: could not create a memory object, in "
+    "file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1240",
+]
+
+
+def memory_error_behind_h5py() -> Exception:
+    """What h5py's clean-up raises while a MemoryError is handled."""
+    try:
+        try:
+            raise MemoryError
+        except MemoryError:
+            # as h5py does: no "from", so the MemoryError is its context
+            raise ValueError("I/O operation on closed file")  # noqa: B904
+    except ValueError as error:
+        return error
+
+
+OUT_OF_MEMORY = {
+    "tensorflow": lambda: tf.errors.ResourceExhaustedError(
+        None, None, "OOM when allocating tensor with shape[1024,26,26,512] and type float on "
+        "/job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu"
+    ),
+    "onednn": lambda: tf.errors.AbortedError(None, None, ONEDNN_OUT_OF_MEMORY_TEXTS[0]),
+    "onednn-older": lambda: tf.errors.AbortedError(None, None, ONEDNN_OUT_OF_MEMORY_TEXTS[1]),
+    "python": MemoryError,
+    "h5py": memory_error_behind_h5py,
+}
+# Aborts that are not about memory: oneDNN's status 2 (invalid arguments) and 3 (a kernel
+# missing), and TensorFlow's own. Each keeps its message.
+OTHER_ABORTS = [
+    "Compute received an exception:Status:2, message: could not create a memory object. in "
+    "file tensorflow/core/kernels/mkl/mkl_maxpooling_op.cc:388",
+    "Compute received an exception:Status:3, message: could not create a primitive. in file "
+    "tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1172",
+    "Graph execution error: the queue was closed",
+]
+
+
+class RaiseAtFirstBatch(keras.callbacks.Callback):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        raise self.error
+
+
+TINY_PARAMS = parse_params(params_with(TINY_MODEL))
+ERRORS_IN_FIT = {
+    **OUT_OF_MEMORY,
+    **{text: lambda text=text: tf.errors.AbortedError(None, None, text) for text in OTHER_ABORTS},
+}
+# fit_model sizes TensorFlow's thread pools, which only a process whose TensorFlow has run no
+# op yet can do: so it runs in a process of its own, once for every error.
+FIT_WITH_EACH_ERROR = """
+import json
+from pathlib import Path
+import keras
+from mnist_cnn.files import read_npz
+from mnist_cnn.training import fit_model
+from tests.helpers import write_tiny_data
+from tests.test_train import ERRORS_IN_FIT, TINY_PARAMS, RaiseAtFirstBatch
+write_tiny_data(Path.cwd(), TINY_PARAMS.model_dump())
+paths = TINY_PARAMS.paths
+data = [read_npz(path) for path in (paths.train_data, paths.validation_data)]
+raised = {}
+for case, make_error in ERRORS_IN_FIT.items():
+    try:
+        fit_model(TINY_PARAMS, *data, verbose=0, callbacks=(RaiseAtFirstBatch(make_error()),))
+    except Exception as error:
+        raised[case] = f"{type(error).__name__}: {error}"
+    keras.mixed_precision.set_dtype_policy("float32")
+print(json.dumps(raised))
+"""
+
+
+@pytest.fixture(scope="module")
+def raised_by_fit(tmp_path_factory) -> dict[str, str]:
+    """What the train stage's `fit_model` raised, on tiny data, for each error raised inside
+    Keras' fit at the first batch, where TensorFlow's kernels (AVX2 CPUs), oneDNN's (AVX-512
+    CPUs), numpy or h5py would raise it: this CPU needs not be the one that does."""
+    result = run_script(FIT_WITH_EACH_ERROR, (), tmp_path_factory.mktemp("fit"))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("library", OUT_OF_MEMORY)
+def test_out_of_memory_in_training_is_one_line_whichever_library_finds_it(
+    raised_by_fit, library
+):
+    parameters = build_model(TINY_PARAMS.model).count_params()
+    assert raised_by_fit[library] == (
+        f"PipelineError: train: out of memory for a model of {parameters:,} parameters at "
+        f"train.batch_size {TINY_PARAMS.train.batch_size}: make the model "
+        "(model.dense_units, model.conv_filters) or train.batch_size smaller"
+    )
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("message", OTHER_ABORTS)
+def test_an_abort_that_is_not_memory_keeps_its_message(raised_by_fit, message):
+    assert raised_by_fit[message] == f"AbortedError: {message}"
+
+
+@pytest.mark.parametrize("message", OTHER_ABORTS)
+def test_the_runner_passes_an_abort_that_is_not_memory_on(message):
+    def stage() -> None:
+        raise tf.errors.AbortedError(None, None, message)
+
+    with pytest.raises(tf.errors.AbortedError):
+        run(stage, "evaluate")
+
+
+@pytest.mark.parametrize("library", OUT_OF_MEMORY)
+def test_out_of_memory_in_any_stage_is_one_line(capsys, library):
+    """Where no stage says more (evaluate, export, a command), the runner names who ran out."""
+
+    def stage() -> None:
+        raise OUT_OF_MEMORY[library]()
+
+    assert run(stage, "evaluate") == 1
+    assert capsys.readouterr().err == (
+        "error: evaluate: out of memory: this machine cannot hold what evaluate needs; free "
+        "memory, or make the model and batch sizes in params.yaml smaller\n"
+    )
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
