@@ -5,6 +5,7 @@ that names the key and what was expected.
 """
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -195,6 +196,12 @@ def typo_of(key: str, missing: list[str]) -> str | None:
     return f"{parent + '.' if parent else ''}{close[0]}" if close else None
 
 
+# A value quoted in a message is cut short: a list of a million items is still one line.
+VALUE_IN_A_MESSAGE = reprlib.Repr()
+VALUE_IN_A_MESSAGE.maxlevel, VALUE_IN_A_MESSAGE.maxlist = 3, 6
+VALUE_IN_A_MESSAGE.maxstring = VALUE_IN_A_MESSAGE.maxother = 80
+
+
 def describe_error(error: dict, source: Path, meant: str | None = None) -> str:
     """One pydantic error as `params.yaml: train.epochs: <what is expected> (got <value>)`.
 
@@ -208,7 +215,7 @@ def describe_error(error: dict, source: Path, meant: str | None = None) -> str:
     if error["type"] == "impossible_setting":
         return f"{source}: {key}.{error['ctx']['field']}: {error['msg']}"
     expected = error["msg"][:1].lower() + error["msg"][1:]
-    return f"{source}: {key}: {expected} (got {error['input']!r})"
+    return f"{source}: {key}: {expected} (got {VALUE_IN_A_MESSAGE.repr(error['input'])})"
 
 
 def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:
@@ -252,11 +259,49 @@ def changed_since_read() -> list[Path]:
     return changed
 
 
+class SettingsLoader(yaml.SafeLoader):
+    """YAML as settings are written: plain values, each key once.
+
+    An alias (`*name`) is refused: a few nested ones expand to gigabytes (a "billion laughs"),
+    and settings need none. A key given twice is refused: YAML forbids it, DVC refuses it, and
+    PyYAML alone would keep the last without a word.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()
+            raise SettingsError(
+                f"line {alias.start_mark.line + 1}: an alias (*{alias.anchor}); expected plain "
+                "values, without anchors or aliases"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: SafeLoader names it itself
+            if key in seen:
+                raise SettingsError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} given twice, expected "
+                    "each key once"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class SettingsError(yaml.YAMLError):
+    """YAML that is valid, but not as settings are written."""
+
+
 def read_params(path: Path) -> Params:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SettingsLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run the stage from the project root)") from None
+    except SettingsError as exc:
+        raise PipelineError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())
         raise PipelineError(f"{path}: not valid YAML: {reason}") from None

@@ -42,6 +42,46 @@ def test_missing_params_file(tmp_path):
     )
 
 
+# A "billion laughs": each line nine times the one before; 9 lines would be 9**9 items.
+ALIAS_BOMB = "".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'lol'] * 9)}]\n" for n in range(9)
+)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "message"),
+    [
+        (
+            ALIAS_BOMB,
+            "",
+            "error: params.yaml: line 2: an alias (*l0); expected plain values, without anchors "
+            "or aliases",
+        ),
+        (
+            "",
+            "seed: 3\n",
+            "error: params.yaml: line {last}: key 'seed' given twice, expected each key once",
+        ),
+    ],
+    ids=["alias-bomb", "duplicate-key"],
+)
+def test_params_yaml_takes_plain_values_each_key_once(tmp_path, prefix, suffix, message):
+    """Refused on reading, before anything is built from it: expanding the aliases would take
+    all the memory there is, and a key given twice would silently keep its last value."""
+    text = prefix + yaml.safe_dump(params_with({})) + suffix
+    (tmp_path / PARAMS_FILE).write_text(text)
+    result = run_stage_cli("download", tmp_path)
+    assert error_line(result) == message.format(last=len(text.splitlines()))
+    assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
+
+
+def test_a_huge_bad_value_is_quoted_short(tmp_path):
+    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({"seed": list(range(10**4))})))
+    assert error_line(run_stage_cli("download", tmp_path)) == (
+        "error: params.yaml: seed: input should be a valid integer (got [0, 1, 2, 3, 4, 5, ...])"
+    )
+
+
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
