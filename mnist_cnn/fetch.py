@@ -1,5 +1,7 @@
 """Fetching the MNIST files from mirrors, verified by SHA-256: each mirror in turn, retrying
-what is worth retrying, giving up on a stalled server, writing only a verified file.
+what is worth retrying, giving up on a stalled server or one that sends more than the file's
+size, writing only a verified file. A file is streamed to disk and hashed on the way: memory
+stays bounded whatever a server sends.
 
 Mirrors are tried in order: $MNIST_MIRROR first when set (a URL, a file:// URL or a plain
 directory, which is how offline machines, tests and CI run), then `download.mirrors`.
@@ -15,11 +17,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 from mnist_cnn.errors import PipelineError
-from mnist_cnn.files import write_bytes
+from mnist_cnn.files import atomic_writer
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK_BYTES = 1 << 16
@@ -60,14 +63,15 @@ def sha256_of(path: Path) -> str:
 
 class Transfer(threading.Thread):
     """One HTTP(S) or file request, read in a thread so that a slow server cannot block the
-    stage: the caller watches `received` and walks away from a stalled transfer."""
+    stage: the caller watches `received` and walks away from a stalled transfer. The bytes go
+    to `file` and into a SHA-256 as they come; past `size` bytes the transfer stops."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, file: BinaryIO, size: int) -> None:
         super().__init__(daemon=True)  # an abandoned transfer must not keep the process alive
-        self.url, self.timeout = url, timeout
+        self.url, self.timeout, self.file, self.size = url, timeout, file, size
         self.received = 0
         self.expected_bytes: int | None = None
-        self.chunks: list[bytes] = []
+        self.digest = hashlib.sha256()
         self.error: BaseException | None = None
         self.abandoned = False
 
@@ -76,16 +80,27 @@ class Transfer(threading.Thread):
             with urllib.request.urlopen(self.url, timeout=self.timeout) as response:
                 length = response.headers.get("Content-Length")
                 self.expected_bytes = int(length) if length else None
+                if self.expected_bytes is not None and self.expected_bytes > self.size:
+                    raise TooLarge(f"{self.expected_bytes} bytes announced, expected {self.size}")
                 # read1: whatever has arrived, so `received` moves as the bytes come in.
                 while not self.abandoned and (chunk := response.read1(CHUNK_BYTES)):
-                    self.chunks.append(chunk)
+                    if self.received + len(chunk) > self.size:
+                        raise TooLarge(f"more than the expected {self.size} bytes sent")
+                    self.file.write(chunk)
+                    self.digest.update(chunk)
                     self.received += len(chunk)
         except BaseException as error:  # handed to the caller, which names it
             self.error = error
 
 
+class TooLarge(Exception):
+    """A mirror sends more than the file's size: not this file, or a server that never ends."""
+
+
 def download_error(error: BaseException, timeout: float) -> FetchError:
     """What went wrong with a request, in a few words; transient failures are retried."""
+    if isinstance(error, TooLarge):
+        return FetchError(f"too large ({error})", False)
     if isinstance(error, urllib.error.HTTPError):
         return FetchError(f"HTTP {error.code}", error.code >= 500)
     if isinstance(error, http.client.IncompleteRead):
@@ -103,15 +118,41 @@ def download_error(error: BaseException, timeout: float) -> FetchError:
     raise error
 
 
-def fetch(url: str, expected_sha256: str, timeout: float, name: str) -> bytes:
-    """The bytes at `url`, complete and with the expected checksum.
+def fetch(
+    url: str, expected_sha256: str, size: int, timeout: float, name: str, destination: Path
+) -> None:
+    """Write the bytes at `url` to `destination`, complete, `size` bytes long and with the
+    expected checksum; or nothing at all.
 
     A server must send at least MIN_BYTES_PER_TIMEOUT within every `timeout` seconds, from the
     request on: so a stalled or trickling server holds a file at most
-    timeout * (1 + size / MIN_BYTES_PER_TIMEOUT) seconds, never forever.
+    timeout * (1 + size / MIN_BYTES_PER_TIMEOUT) seconds, never forever; and one that sends
+    more than `size` is stopped there.
     """
-    transfer = Transfer(url, timeout)
-    transfer.start()
+    with atomic_writer(destination) as file:
+        transfer = Transfer(url, timeout, file, size)
+        transfer.start()
+        try:
+            watch(transfer, timeout, name)  # returns once the transfer has ended
+        except BaseException:
+            # Left waiting on the server, if it is: its writes fail once `file` is closed.
+            transfer.abandoned = True
+            raise
+        if transfer.error is not None:
+            raise download_error(transfer.error, timeout)
+        if transfer.received < (transfer.expected_bytes or size):
+            expected = transfer.expected_bytes or size
+            raise FetchError(f"truncated ({transfer.received} of {expected} bytes)", True)
+        digest = transfer.digest.hexdigest()
+        if digest != expected_sha256:
+            raise FetchError(
+                f"checksum mismatch (sha256 {digest[:12]}…, expected {expected_sha256[:12]}…)",
+                False,
+            )
+
+
+def watch(transfer: Transfer, timeout: float, name: str) -> None:
+    """Show the transfer's progress until it ends; give up on it if it stalls."""
     window_start, window_bytes, shown = time.monotonic(), 0, 0
     # leave=False: the bar goes once the file is in; the stage prints its own line for it.
     bar = {"unit": "B", "unit_scale": True, "desc": name, "leave": False}
@@ -123,29 +164,18 @@ def fetch(url: str, expected_sha256: str, timeout: float, name: str) -> bytes:
             shown = transfer.received
             if time.monotonic() - window_start >= timeout and transfer.is_alive():
                 if transfer.received - window_bytes < MIN_BYTES_PER_TIMEOUT:
-                    transfer.abandoned = True
                     raise FetchError(
                         f"stalled ({transfer.received - window_bytes} bytes in {timeout:g} s,"
                         f" expected at least {MIN_BYTES_PER_TIMEOUT})",
                         True,
                     )
                 window_start, window_bytes = time.monotonic(), transfer.received
-    if transfer.error is not None:
-        raise download_error(transfer.error, timeout)
-    data = b"".join(transfer.chunks)
-    if transfer.expected_bytes is not None and len(data) < transfer.expected_bytes:
-        raise FetchError(f"truncated ({len(data)} of {transfer.expected_bytes} bytes)", True)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256:
-        raise FetchError(
-            f"checksum mismatch (sha256 {digest[:12]}…, expected {expected_sha256[:12]}…)", False
-        )
-    return data
 
 
 def download_file(
     name: str,
     expected_sha256: str,
+    size: int,
     mirrors: list[str],
     raw_dir: Path,
     timeout: float,
@@ -162,8 +192,7 @@ def download_file(
     for mirror in mirrors:
         for attempt in range(retries + 1):
             try:
-                data = fetch(mirror + name, expected_sha256, timeout, name)
-                write_bytes(destination, data)
+                fetch(mirror + name, expected_sha256, size, timeout, name, destination)
                 return mirror
             except FetchError as failure:
                 if not failure.transient or attempt == retries:

@@ -1,5 +1,5 @@
-"""The four MNIST files: their names, their SHA-256 (whichever mirror serves them, the bytes
-are these) and how to read them.
+"""The four MNIST files: their names, their SHA-256 and sizes (whichever mirror serves them,
+the bytes are these) and how to read them.
 
 IDX format (http://yann.lecun.com/exdb/mnist/): big-endian int32 magic number, item count,
 then rows and columns for images; then one unsigned byte per pixel or label.
@@ -23,6 +23,13 @@ SHA256 = {
     TRAIN_LABELS: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     TEST_IMAGES: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     TEST_LABELS: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+# Their sizes in bytes: a mirror that sends more is refused as soon as it does.
+SIZE = {
+    TRAIN_IMAGES: 9_912_422,
+    TRAIN_LABELS: 28_881,
+    TEST_IMAGES: 1_648_877,
+    TEST_LABELS: 4_542,
 }
 
 NUM_CLASSES = 10

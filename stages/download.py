@@ -20,6 +20,7 @@ def main() -> None:
         source = download_file(
             name,
             expected_sha256,
+            mnist.SIZE[name],
             mirrors,
             raw_dir,
             params.download.timeout_seconds,

@@ -86,7 +86,13 @@ def mnist_folder(
     mirrors = mirror_urls(download.mirrors, mirror)
     for name, expected_sha256 in mnist.SHA256.items():
         download_file(
-            name, expected_sha256, mirrors, cache, download.timeout_seconds, download.retries
+            name,
+            expected_sha256,
+            mnist.SIZE[name],
+            mirrors,
+            cache,
+            download.timeout_seconds,
+            download.retries,
         )
     return cache.resolve()
 
@@ -327,7 +333,9 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.truncated: set[str] = set()  # announce the full length, send half, hang up
         self.trickled: dict[str, str] = {}  # path -> "body" | "headers": one byte every 0.5 s
+        self.endless: set[str] = set()  # zeros as fast as they go, no length announced
         self.requests: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # bytes of the body sent, for the endless ones
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -336,6 +344,9 @@ class FileServer:
                 body = server.files.get(self.path)
                 if self.path in server.trickled:
                     self.trickle(body, server.trickled[self.path])
+                    return
+                if self.path in server.endless:
+                    self.stream_zeros()
                     return
                 if body is None:
                     self.send_error(404)
@@ -363,6 +374,19 @@ class FileServer:
                         return
                     time.sleep(0.5)
 
+            def stream_zeros(self) -> None:
+                """Until the client hangs up, or 1 GiB: no test waits on an endless server."""
+                self.send_response(200)
+                self.end_headers()
+                self.close_connection = True
+                chunk = bytes(1 << 16)
+                for _ in range(1 << 14):
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        return
+                    server.sent[self.path] += len(chunk)
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -370,10 +394,17 @@ class FileServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
     def serve(
-        self, path: str, body: bytes, truncated: bool = False, trickled: str | None = None
+        self,
+        path: str,
+        body: bytes,
+        truncated: bool = False,
+        trickled: str | None = None,
+        endless: bool = False,
     ) -> None:
         self.files[path] = body
         if truncated:
             self.truncated.add(path)
+        if endless:
+            self.endless.add(path)
         if trickled:
             self.trickled[path] = trickled

@@ -15,7 +15,9 @@ SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def fetch_into(raw_dir: Path, mirrors: list[str], retries: int = 0) -> str:
-    return download_file(NAME, SHA256, mirrors, raw_dir, timeout=5, retries=retries, retry_delay=0)
+    return download_file(
+        NAME, SHA256, len(PAYLOAD), mirrors, raw_dir, timeout=5, retries=retries, retry_delay=0
+    )
 
 
 def leftovers(raw_dir: Path) -> list[str]:
@@ -147,6 +149,37 @@ def test_a_stalled_server_cannot_hold_the_download(tmp_path, file_server, stalls
     )
     assert "Traceback" not in result.stderr
     assert leftovers(tmp_path / "data/raw") == []
+
+
+@pytest.mark.cli
+def test_a_server_that_never_ends_is_stopped_past_the_files_size(tmp_path, file_server):
+    """Zeros as fast as loopback carries them, no length announced: the stage stops once a
+    byte more than the file's known size has come, streamed to disk meanwhile; the server
+    sent that and a few socket buffers' worth, not the gigabyte it had for it."""
+    name = next(iter(mnist.SHA256))  # the stage's first file
+    file_server.serve(f"/{name}", b"", endless=True)
+    write_params(tmp_path, {"download.mirrors": [file_server.url], "download.retries": 2})
+    result = run_stage_cli("download", tmp_path, env={MIRROR_ENV: ""}, timeout=60)
+    assert result.stderr.splitlines()[-1] == (
+        f"error: could not download {name}: {file_server.url}: too large (more than the "
+        f"expected {mnist.SIZE[name]} bytes sent); offline? set MNIST_MIRROR to a folder or "
+        "URL holding the MNIST files"
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert file_server.requests[f"/{name}"] == 1  # the wrong file: not retried
+    assert file_server.sent[f"/{name}"] < mnist.SIZE[name] + 2**23
+    assert leftovers(tmp_path / "data/raw") == []
+
+
+def test_a_file_announced_larger_than_its_size_is_not_fetched(tmp_path, file_server):
+    file_server.serve(f"/{NAME}", PAYLOAD + b"x")
+    with pytest.raises(PipelineError) as error:
+        fetch_into(tmp_path, [file_server.url])
+    assert str(error.value).endswith(
+        f"{file_server.url}: too large ({len(PAYLOAD) + 1} bytes announced, expected "
+        f"{len(PAYLOAD)})"
+    )
+    assert leftovers(tmp_path) == []
 
 
 def test_the_tests_fetch_mnist_as_the_stage_does_and_accept_no_corrupt_copy(
