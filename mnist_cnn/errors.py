@@ -3,7 +3,9 @@ non-zero exit."""
 
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 # The shell's convention for a process stopped by Ctrl-C (128 + SIGINT).
@@ -25,13 +27,25 @@ class PipelineError(Exception):
 def run(main: Callable[[], int | None], name: str) -> int:
     """Run a stage's or command's `main()`, named `name` in messages; a PipelineError, Ctrl-C,
     running out of memory or a oneDNN kernel missing for the model's precision becomes one line
-    and a non-zero exit.
-    Returns the exit status: `main()`'s own, if it returns one.
+    and a non-zero exit. Returns the exit status: `main()`'s own, if it returns one.
 
-    Outputs are written atomically (mnist_cnn/files.py), so neither leaves a partial file.
+    Ctrl-C always ends in `interrupted` and 130, even where a library turned the interrupt into
+    another error (onnxruntime, importing: ImportError) or swallowed it (raised in a `__del__`,
+    Python only prints it). Outputs are written atomically (mnist_cnn/files.py), so no way of
+    failing leaves a partial file.
     """
+    interrupts: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt) if in_main_thread else None
     try:
         status = main()
+        if interrupts:
+            raise KeyboardInterrupt  # one that a library swallowed: the run did not complete
         params_unchanged(name)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -40,6 +54,9 @@ def run(main: Callable[[], int | None], name: str) -> int:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as error:
+        if interrupts:
+            print("interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
         if out_of_memory(error):  # where no stage said more (train does: model and batch)
             print(
                 f"error: {name}: out of memory: this machine cannot hold what {name} needs; "
@@ -61,7 +78,44 @@ def run(main: Callable[[], int | None], name: str) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return status or 0
+
+
+def stop_at_once_on_ctrl_c() -> None:
+    """Until `run` takes over, Ctrl-C prints `interrupted` and ends the process at once, with
+    130: the project's programs spend their first seconds importing TensorFlow, Keras and
+    onnxruntime, where a KeyboardInterrupt came out as a 40-line traceback (or onnxruntime's
+    ImportError). Nothing is written before `run` starts, so there is nothing to clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    # The terminal's stderr, kept: TensorFlow's import runs with file descriptor 2 held back
+    # (tensorflow_setup.native_stderr_filtered), and os._exit would lose what went there.
+    try:
+        stderr = os.dup(2)
+    except OSError:  # no stderr at all
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        os.write(stderr, b"interrupted\n")
+        os._exit(INTERRUPTED_EXIT)
+
+    signal.signal(signal.SIGINT, stop)
+
+
+def is_a_program_of_ours() -> bool:
+    """Whether this process is a stage (`python -m stages.train`) or the project's command
+    (`python -m mnist_cnn`, `mnist-cnn`), rather than a program that imports the package (a
+    notebook, pytest, a Dask worker), whose Ctrl-C is its own business."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec else ""
+    command = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return module.startswith("stages.") or module == "mnist_cnn.__main__" or command in {
+        "mnist-cnn",
+        "mnist-cnn.exe",
+    }
 
 
 def exception_chain(error: BaseException) -> list[BaseException]:

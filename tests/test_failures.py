@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -386,6 +387,43 @@ def test_ctrl_c_stops_training_in_one_line(tmp_path):
     assert stderr == "interrupted\n"
     assert not (tmp_path / params["paths"]["model"]).exists()
     assert temporaries(tmp_path) == []
+
+
+def ctrl_c_while_importing(command: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """`command` (a stage or the project's command) sent Ctrl-C while it imports TensorFlow: as
+    soon as TensorFlow's library is mapped into the process, seconds before the import ends."""
+    program = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    maps = Path(f"/proc/{program.pid}/maps")
+    deadline = time.monotonic() + 60
+    while program.poll() is None and time.monotonic() < deadline:
+        if "libtensorflow_framework" in maps.read_text():
+            program.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    stdout, stderr = program.communicate(timeout=60)
+    return subprocess.CompletedProcess(program.args, program.returncode, stdout, stderr)
+
+
+@pytest.mark.cli
+@pytest.mark.skipif(sys.platform != "linux", reason="watches /proc/PID/maps")
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "stages.train"], ["-m", "stages.evaluate"], ["-m", "stages.export"],
+     ["-m", "mnist_cnn", "predict", "seven.png"]],
+    ids=["train", "evaluate", "export", "predict"],
+)
+def test_ctrl_c_while_tensorflow_imports_is_one_line(tmp_path, command):
+    """No params, data or model here: a stage that got past its imports would say so."""
+    result = ctrl_c_while_importing(command, tmp_path)
+    assert (result.returncode, result.stderr) == (130, "interrupted\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.cli

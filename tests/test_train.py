@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -455,6 +456,34 @@ def test_out_of_memory_in_any_stage_is_one_line(capsys, library):
         "error: evaluate: out of memory: this machine cannot hold what evaluate needs; free "
         "memory, or make the model and batch sizes in params.yaml smaller\n"
     )
+
+
+class InterruptedWhileCollected:
+    """An object whose finalizer receives the Ctrl-C, as TFLite's Interpreter.__del__ did late
+    in the export stage: Python prints "Exception ignored in" and goes on."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def interrupt_swallowed() -> None:
+    InterruptedWhileCollected()  # collected at once
+
+
+def interrupt_turned_into_import_error() -> None:
+    """onnxruntime, interrupted while it initialises, raises ImportError instead."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        raise ImportError("initialization failed") from None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as intended
+@pytest.mark.parametrize("main", [interrupt_swallowed, interrupt_turned_into_import_error])
+def test_ctrl_c_is_interrupted_whatever_a_library_made_of_it(capsys, main):
+    assert run(main, "export") == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's, back
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
