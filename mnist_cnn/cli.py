@@ -31,6 +31,12 @@ def push_run_cache(arguments: argparse.Namespace) -> None:
     push(arguments.remote)
 
 
+def verify(arguments: argparse.Namespace) -> None:
+    from mnist_cnn.lock import verify
+
+    verify(arguments.cache)
+
+
 def offline_plots(arguments: argparse.Namespace) -> None:
     from mnist_cnn.plots import TEMPLATE, write_template
 
@@ -102,6 +108,21 @@ def parser() -> argparse.ArgumentParser:
         "both, so that a teammate's `dvc repro --pull` finds every stage run here.",
     )
     sub.add_argument("-r", "--remote", help="a DVC remote (default: the default remote)")
+
+    sub = command(
+        commands,
+        "verify",
+        verify,
+        "check that every output holds the bytes dvc.lock records",
+        "DVC trusts its cache's names: an object damaged there is checked out as it is and\n"
+        "`dvc status` still says up to date. This hashes every output dvc.lock records again,\n"
+        "prints a line for each that differs and exits 1; run it before deploying a model.",
+    )
+    sub.add_argument(
+        "--cache",
+        action="store_true",
+        help="check the outputs' objects in DVC's cache as well",
+    )
 
     sub = command(
         commands,

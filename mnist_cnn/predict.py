@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_cnn.errors import PipelineError
+from mnist_cnn.lock import check_recorded
 from mnist_cnn.model import load_model, predict_probabilities
 from mnist_cnn.params import load_params
 from mnist_cnn.user_images import prepare
@@ -37,7 +38,10 @@ def predictions(probabilities: np.ndarray, images: list[str]) -> list[dict]:
 def predict(images: list[Path], model_path: Path | None, as_json: bool) -> int:
     """Print the digit in each image; return the exit status (1 if any image failed)."""
     # params.yaml only when it names the model: with --model, any folder will do.
-    model = load_model(model_path or load_params().paths.model)
+    if model_path is None:
+        model_path = load_params().paths.model
+        check_recorded(model_path)  # the project's model: the one dvc.lock records
+    model = load_model(model_path)
     prepared, names, failed = [], [], False
     for path in images:
         try:

@@ -10,6 +10,7 @@ from mnist_cnn import mnist
 from mnist_cnn.errors import run
 from mnist_cnn.figures import plot_confusion_matrix, plot_image_grid, png_bytes
 from mnist_cnn.files import read_npz, remove_stale_temporaries, write_bytes, write_json, write_text
+from mnist_cnn.lock import check_recorded
 from mnist_cnn.metrics import classification_metrics, confusion_matrix, digit_scores
 from mnist_cnn.model import load_model, predict_probabilities
 from mnist_cnn.params import load_params
@@ -22,6 +23,7 @@ def main() -> None:
     outputs = [paths.evaluate_images, paths.predictions, paths.per_digit, paths.evaluate_metrics]
     remove_stale_temporaries(outputs)
     make_deterministic(params.seed, params.threads)
+    check_recorded(paths.model)  # a damaged cache object checked out is refused here
     model = load_model(paths.model)
     test = read_npz(paths.test_data)
     images, actual = test["images"], test["labels"].astype(np.int64)

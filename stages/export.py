@@ -14,6 +14,7 @@ from mnist_cnn.files import (
     write_bytes,
     write_json,
 )
+from mnist_cnn.lock import check_recorded
 from mnist_cnn.model import load_model
 from mnist_cnn.params import PathsParams, load_params
 from mnist_cnn.parity import (
@@ -51,6 +52,7 @@ def main() -> None:
     reports = [paths.export_metrics, paths.export_details]
     remove_stale_temporaries([*outputs.values(), *reports])
     make_deterministic(params.seed, params.threads)
+    check_recorded(paths.model)  # a damaged cache object checked out is refused here
     trained = load_model(paths.model)
     images = read_npz(paths.test_data)["images"]
     float32_model = float32_copy(trained)
