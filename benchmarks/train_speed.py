@@ -90,7 +90,8 @@ def run_one(setup: str, seed: int, result_path: Path) -> None:
 
     # Read without the project's package: importing it sets up the process (malloc arenas,
     # TensorFlow's start-up), and the reference is the notebook, which has none of that.
-    paths = yaml.safe_load(Path("params.yaml").read_text())["paths"]
+    pipeline = yaml.safe_load(Path("dvc.yaml").read_text())
+    paths = next(entry["paths"] for entry in pipeline["vars"] if "paths" in entry)
 
     def read(key: str) -> dict:
         with np.load(paths[key]) as archive:

@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP, GIF or TIFF files")
     sub.add_argument(
-        "--model", type=Path, help="a .keras model (default: paths.model in ./params.yaml)"
+        "--model", type=Path, help="a .keras model (default: paths.model in ./dvc.yaml)"
     )
     sub.add_argument("--json", action="store_true", help="print a JSON list instead")
 

@@ -1,23 +1,33 @@
-"""params.yaml: the schema every stage validates before doing any work.
+"""params.yaml, and the paths in dvc.yaml: the schema every stage validates before doing any
+work.
 
 Unknown keys, missing keys, wrong types and out-of-range values stop the stage with one line
-that names the key and what was expected.
+that names the file, the key and what was expected. So does a path that leaves the project.
 """
 
 import difflib
 import reprlib
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from mnist_cnn import mnist
 from mnist_cnn.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+PIPELINE_FILE = Path("dvc.yaml")  # beside params.yaml; its vars hold the paths
 
+Schema = TypeVar("Schema", bound=BaseModel)
 PositiveInt = Annotated[int, Field(gt=0)]
 # allow_inf_nan=False: `.inf` and `.nan` are floats to YAML, and no setting means them.
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -29,9 +39,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# Relative to the project root: text in params.yaml, a Path here (strict mode would take only
-# a Path object).
-ProjectPath = Annotated[Path, Field(strict=False)]
+def inside_the_project(path: Path) -> Path:
+    """`path`, if it names a place inside the project (the current folder: stages run from the
+    project's root) once `..` and symlinked folders are resolved."""
+    root = Path.cwd().resolve()
+    if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
+        raise PydanticCustomError("outside_project", "expected a path inside the project")
+    return path
+
+
+# Relative to the project root: text in dvc.yaml, a Path here (strict mode would take only a
+# Path object).
+ProjectPath = Annotated[Path, Field(strict=False), AfterValidator(inside_the_project)]
 
 
 class PathsParams(Section):
@@ -219,10 +238,19 @@ def describe_error(error: dict, source: Path, meant: str | None = None) -> str:
 
 
 def parse_params(data: object, source: Path = PARAMS_FILE) -> Params:
+    return validated(Params, data, source)
+
+
+def validated(schema: type[Schema], data: object, source: Path, prefix: str = "") -> Schema:
+    """`data` as `schema`, or one line naming `source`, the key (after `prefix`) and what was
+    expected."""
     try:
-        return Params.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = [
+            {**error, "loc": (prefix, *error["loc"]) if prefix else error["loc"]}
+            for error in exc.errors()
+        ]
     # A typo shows as an unknown key and a missing one: name the typo first, and once.
     unknown = [error for error in errors if error["type"] == "extra_forbidden"]
     missing = [dotted(error) for error in errors if error["type"] == "missing"]
@@ -295,9 +323,9 @@ class SettingsError(yaml.YAMLError):
     """YAML that is valid, but not as settings are written."""
 
 
-def read_params(path: Path) -> Params:
+def read_yaml(path: Path) -> object:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SettingsLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=SettingsLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run the stage from the project root)") from None
     except SettingsError as exc:
@@ -309,4 +337,29 @@ def read_params(path: Path) -> Params:
         raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:  # a folder, no permission
         raise PipelineError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return parse_params(data, path)
+
+
+def read_paths(pipeline: Path = PIPELINE_FILE) -> PathsParams:
+    """The paths in dvc.yaml's vars (`vars: - paths: ...`), each checked to stay inside the
+    project."""
+    data = read_yaml(pipeline)
+    found = [
+        entry["paths"]
+        for entry in (data.get("vars") or [] if isinstance(data, dict) else [])
+        if isinstance(entry, dict) and "paths" in entry
+    ]
+    if not found:
+        raise PipelineError(f"{pipeline}: no paths: expected them in its vars (vars: - paths:)")
+    return validated(PathsParams, found[0], pipeline, prefix="paths")
+
+
+def read_params(path: Path) -> Params:
+    """params.yaml's settings, with the paths from dvc.yaml beside it."""
+    data = read_yaml(path)
+    if isinstance(data, dict) and "paths" in data:
+        raise PipelineError(
+            f"{path}: paths: the paths are the pipeline's, in {PIPELINE_FILE} (vars: - paths:); "
+            f"expected none here"
+        )
+    paths = read_paths(path.parent / PIPELINE_FILE)
+    return parse_params({**data, "paths": paths} if isinstance(data, dict) else data, path)

@@ -12,6 +12,7 @@ vl-convert, and both revisions' misclassified digits. Needs no terminal and no n
 
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.files import scratch_directory_beside, write_bytes, write_text
-from mnist_cnn.params import load_params
+from mnist_cnn.params import read_paths
 from mnist_cnn.plots import vega_png
 
 # The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
@@ -86,6 +87,16 @@ def table_cell(text: str) -> str:
     """`text` shown as typed in a Markdown table cell: a `|` would end the cell, and HTML
     would be rendered (or, on GitHub, dropped)."""
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def code_span(text: str) -> str:
+    """`text` as inline code, whatever it holds (a branch may be named `` a`<b>` ``): fenced by
+    more backticks than any run inside it, so that none ends it early; HTML in code is shown,
+    not rendered."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
 
 
 def params_section(diff: dict) -> list[str]:
@@ -168,7 +179,7 @@ def report(
 ) -> str:
     curves, images = plots
     lines = [
-        f"# What this change did, against `{base}` ({base_commit[:8]})",
+        f"# What this change did, against {code_span(base)} ({base_commit[:8]})",
         "",
         "## Params",
         "",
@@ -192,7 +203,9 @@ def report(
             for side in ("base", "change")
         ]
         lines += [f"### {REPORTED_IMAGES[stem]}", ""]
-        lines += [f"| base: `{base}` | this change |", "|---|---|", f"| {' | '.join(cells)} |", ""]
+        base_cell = code_span(base).replace("|", "\\|")  # a | would end the cell, even in code
+        lines += [f"| base: {base_cell} | this change |", "|---|---|", f"| {' | '.join(cells)} |"]
+        lines += [""]
     return "\n".join(lines)
 
 
@@ -200,7 +213,7 @@ def write_report(base: str, output: Path) -> None:
     output = output_file(output)
     files_dir = output.with_name(f"{output.stem}_files")
 
-    paths = load_params().paths
+    paths = read_paths()
     commit = resolve_base(base, str(paths.evaluate_metrics))
     if not Path(".dvc").is_dir():
         raise PipelineError("no .dvc/ here: run the report in the project's root")

@@ -1,6 +1,8 @@
 """A user's mistake, seen from the command line: one line on stderr, exit 1, no traceback,
 no output written."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -18,15 +20,48 @@ from tests.helpers import (
 pytestmark = pytest.mark.cli
 
 
+def only_the_configuration(folder: Path) -> bool:
+    """Whether `folder` holds nothing but what write_params wrote: no output, no temporary."""
+    return sorted(path.name for path in folder.iterdir()) == ["dvc.yaml", "params.yaml"]
+
+
 def test_bad_param_stops_the_stage_before_any_work(tmp_path):
-    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({"train.epochs": -3})))
+    write_params(tmp_path, {"train.epochs": -3})
     result = run_stage_cli("download", tmp_path)
     assert (
         error_line(result)
         == "error: params.yaml: train.epochs: input should be greater than 0 (got -3)"
     )
     assert len(result.stderr.splitlines()) == 1
-    assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
+    assert only_the_configuration(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../outside/model.keras", "/tmp/model.keras", "models/../../model.keras", "linked/m.keras"],
+)
+def test_a_path_that_leaves_the_project_is_refused(tmp_path, path):
+    """Absolute, `..` past the root, or through a symlinked folder that points outside: the
+    stage writes nothing there (DVC, which deletes a stage's outputs first, cannot be stopped:
+    docs/failures.md)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "linked").symlink_to(tmp_path)
+    write_params(project, {**TINY_MODEL, "paths.model": path})
+    write_tiny_data(project, params_with(TINY_MODEL))
+    assert error_line(run_stage_cli("train", project)) == (
+        f"error: dvc.yaml: paths.model: expected a path inside the project (got {path!r})"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["project"]
+
+
+def test_paths_in_params_yaml_are_refused(tmp_path):
+    write_params(tmp_path, {})
+    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({})))  # paths included
+    assert error_line(run_stage_cli("download", tmp_path)) == (
+        "error: params.yaml: paths: the paths are the pipeline's, in dvc.yaml (vars: - paths:); "
+        "expected none here"
+    )
 
 
 def test_invalid_yaml(tmp_path):
@@ -68,15 +103,16 @@ ALIAS_BOMB = "".join(
 def test_params_yaml_takes_plain_values_each_key_once(tmp_path, prefix, suffix, message):
     """Refused on reading, before anything is built from it: expanding the aliases would take
     all the memory there is, and a key given twice would silently keep its last value."""
-    text = prefix + yaml.safe_dump(params_with({})) + suffix
+    write_params(tmp_path, {})
+    text = prefix + (tmp_path / PARAMS_FILE).read_text() + suffix
     (tmp_path / PARAMS_FILE).write_text(text)
     result = run_stage_cli("download", tmp_path)
     assert error_line(result) == message.format(last=len(text.splitlines()))
-    assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
+    assert only_the_configuration(tmp_path)
 
 
 def test_a_huge_bad_value_is_quoted_short(tmp_path):
-    (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({"seed": list(range(10**4))})))
+    write_params(tmp_path, {"seed": list(range(10**4))})
     assert error_line(run_stage_cli("download", tmp_path)) == (
         "error: params.yaml: seed: input should be a valid integer (got [0, 1, 2, 3, 4, 5, ...])"
     )
@@ -96,7 +132,7 @@ def test_a_huge_bad_value_is_quoted_short(tmp_path):
 def test_missing_input_says_which_stage_to_run(tmp_path, stage, message):
     write_params(tmp_path, TINY_MODEL)
     assert error_line(run_stage_cli(stage, tmp_path)) == f"error: {message}"
-    assert list(tmp_path.iterdir()) == [tmp_path / PARAMS_FILE]
+    assert only_the_configuration(tmp_path)
 
 
 @pytest.mark.parametrize(
