@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 # The shell's convention for a process stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED_EXIT = 130
@@ -48,7 +49,7 @@ def run(main: Callable[[], int | None], name: str) -> int:
             raise KeyboardInterrupt  # one that a library swallowed: the run did not complete
         params_unchanged(name)
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -116,6 +117,22 @@ def is_a_program_of_ours() -> bool:
         "mnist-cnn",
         "mnist-cnn.exe",
     }
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (a newline in a file's name, say) written as escapes,
+    so that a message stays one line."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
+def how_to_restore(stage: str, in_git: list[Path]) -> str:
+    """How to bring back what `dvc.lock` records of a stage whose run failed and left none of
+    its outputs (`dvc repro` deletes them before it runs the stage)."""
+    files = " ".join(str(path) for path in in_git)
+    return f"`dvc checkout {stage}` and `git checkout {files}` restore the last recorded ones"
 
 
 def exception_chain(error: BaseException) -> list[BaseException]:

@@ -4,7 +4,7 @@ model in float32 predicts (mnist_cnn/parity.py) before any is written."""
 
 import sys
 
-from mnist_cnn.errors import PipelineError, run
+from mnist_cnn.errors import PipelineError, how_to_restore, run
 from mnist_cnn.files import (
     read_npz,
     remove_path,
@@ -34,15 +34,6 @@ from mnist_cnn.serving import (
     size_bytes,
 )
 from mnist_cnn.tensorflow_setup import make_deterministic, native_stderr_filtered
-
-
-def how_to_restore(paths: PathsParams) -> str:
-    """What a failed export leaves, told truthfully: run alone, the last exports stay where
-    they were; `dvc repro` deletes a stage's outputs before running it."""
-    return (
-        "no export written (after dvc repro: `dvc checkout export` and "
-        f"`git checkout {paths.export_metrics}` restore the last recorded ones)"
-    )
 
 
 def main() -> None:
@@ -92,7 +83,9 @@ def main() -> None:
                     remove_path(path)
                 raise
     except PipelineError as error:
-        raise PipelineError(f"{error}; {how_to_restore(paths)}") from None
+        # Run alone, the last exports stay where they were; `dvc repro` deleted them first.
+        restore = how_to_restore("export", [paths.export_metrics])
+        raise PipelineError(f"{error}; no export written (after dvc repro: {restore})") from None
     report(trained.layers[0].dtype_policy.name, details, outputs, paths)
 
 

@@ -7,7 +7,7 @@ the metrics.
 
 import sys
 
-from mnist_cnn.errors import run
+from mnist_cnn.errors import PipelineError, how_to_restore, run
 from mnist_cnn.files import read_npz, remove_stale_temporaries, write_json
 from mnist_cnn.history import LiveCurves, history_files
 from mnist_cnn.model import save_model
@@ -30,10 +30,13 @@ def main() -> None:
         )
         save_model(model, paths.model)
         write_json(paths.model_info, model_info(model, precision))
-    except BaseException:  # diverged, interrupted, disk full: no result, not half of one
+    except BaseException as error:  # diverged, interrupted, disk full: no result, not half of one
         for path in outputs:
             path.unlink(missing_ok=True)
-        raise
+        if not isinstance(error, PipelineError):
+            raise
+        restore = how_to_restore("train", history_files(paths))  # the outputs kept in git
+        raise PipelineError(f"{error}; no model written: {restore}") from None
 
 
 if __name__ == "__main__":

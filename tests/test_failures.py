@@ -34,6 +34,12 @@ from tests.helpers import (
     write_tiny_data,
 )
 
+# What a failed train stage adds to its line: what it left, and the way back.
+NO_MODEL_WRITTEN = (
+    "; no model written: `dvc checkout train` and `git checkout plots/train/loss.csv "
+    "plots/train/accuracy.csv metrics/train.json` restore the last recorded ones"
+)
+
 
 def temporaries(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.tmp"))
@@ -103,8 +109,8 @@ def test_disk_full_while_saving_the_model(tmp_path, full_disk):
     params = write_params(tmp_path, {**TINY_MODEL, "paths.model": "full/model.keras"})
     write_tiny_data(tmp_path, params)
     result = run_stage_cli("train", tmp_path)
-    assert (
-        error_line(result) == "error: full/model.keras: could not write (No space left on device)"
+    assert error_line(result) == (
+        f"error: full/model.keras: could not write (No space left on device){NO_MODEL_WRITTEN}"
     )
     assert list(full_disk.iterdir()) == []
     assert not (tmp_path / params["paths"]["train_metrics"]).exists()
@@ -161,7 +167,7 @@ def test_out_of_memory_while_training_is_one_line(tmp_path):
     assert error_line(result) == (
         f"error: train: out of memory for a model of {parameters:,} parameters at "
         "train.batch_size 1024: make the model (model.dense_units, model.conv_filters) or "
-        "train.batch_size smaller"
+        f"train.batch_size smaller{NO_MODEL_WRITTEN}"
     )
     assert list(tmp_path.glob("models/*")) == []  # no model, curves or temporary
 
@@ -259,7 +265,7 @@ def test_read_only_output_folder(tmp_path, read_only_folder):
 def test_impossible_model_is_refused_before_any_work(tmp_path, changes, message):
     write_params(tmp_path, {**TINY_MODEL, **changes})
     assert error_line(run_stage_cli("train", tmp_path)) == f"error: params.yaml: {message}"
-    assert [path.name for path in tmp_path.iterdir()] == ["params.yaml"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
 
 
 @pytest.mark.cli
@@ -351,7 +357,7 @@ def test_a_diverged_run_stops_in_one_line_and_writes_nothing(tmp_path):
     write_tiny_data(tmp_path, params)
     message = error_line(run_stage_cli("train", tmp_path))
     assert message.startswith("error: train: the loss became nan in epoch 1 ")
-    assert message.endswith(" (train.learning_rate 1e+30 too high?)")
+    assert message.endswith(f" (train.learning_rate 1e+30 too high?){NO_MODEL_WRITTEN}")
     paths = params["paths"]
     for output in ("model", "model_info", "train_metrics", "train_loss", "train_accuracy"):
         assert not (tmp_path / paths[output]).exists()
