@@ -1,7 +1,7 @@
 """Name the digit in your own images: photos, scans or drawings, any size and colour.
 
 Each image is made into what MNIST's images are (mnist_cnn/user_images.py), then the model
-(`paths.model` from params.yaml unless --model) names the digit: one line per image,
+(`paths.model` in dvc.yaml unless --model) names the digit: one line per image,
 `IMAGE: DIGIT (PROBABILITY %)`, or with --json a list of
 {"image", "digit", "probability", "probabilities"}. An image that cannot be read, is not an
 image or holds no ink gets one line on stderr; the others are still predicted, and the exit
@@ -13,14 +13,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from mnist_cnn.errors import PipelineError
+from mnist_cnn.errors import PipelineError, one_line
 from mnist_cnn.lock import check_recorded
 from mnist_cnn.model import load_model, predict_probabilities
-from mnist_cnn.params import load_params
+from mnist_cnn.params import read_paths
 from mnist_cnn.user_images import prepare
 
 BATCH_SIZE = 32
+PROGRESS_FROM = 100  # images
 
 
 def predictions(probabilities: np.ndarray, images: list[str]) -> list[dict]:
@@ -37,19 +39,24 @@ def predictions(probabilities: np.ndarray, images: list[str]) -> list[dict]:
 
 def predict(images: list[Path], model_path: Path | None, as_json: bool) -> int:
     """Print the digit in each image; return the exit status (1 if any image failed)."""
-    # params.yaml only when it names the model: with --model, any folder will do.
+    # The project (params.yaml and dvc.yaml) only when it names the model: with --model, any
+    # folder will do.
     if model_path is None:
-        model_path = load_params().paths.model
+        model_path = read_paths().model
         check_recorded(model_path)  # the project's model: the one dvc.lock records
     model = load_model(model_path)
     prepared, names, failed = [], [], False
-    for path in images:
-        try:
-            prepared.append(prepare(path))
-            names.append(str(path))
-        except PipelineError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failed = True
+    # About 12 ms an image: a bar on a terminal for many (it goes once they are read).
+    shown = len(images) >= PROGRESS_FROM and sys.stderr.isatty()
+    with tqdm(total=len(images), unit="image", leave=False, disable=not shown) as progress:
+        for path in images:
+            try:
+                prepared.append(prepare(path))
+                names.append(str(path))  # --json escapes it itself
+            except PipelineError as error:
+                progress.write(f"error: {one_line(str(error))}", file=sys.stderr)
+                failed = True
+            progress.update()
     if prepared:
         probabilities = predict_probabilities(model, np.stack(prepared), BATCH_SIZE)
         results = predictions(probabilities, names)
@@ -57,5 +64,6 @@ def predict(images: list[Path], model_path: Path | None, as_json: bool) -> int:
             print(json.dumps(results, indent=2))
         else:
             for result in results:
-                print(f"{result['image']}: {result['digit']} ({result['probability'] * 100:.1f} %)")
+                name, digit, probability = result["image"], result["digit"], result["probability"]
+                print(f"{one_line(name)}: {digit} ({probability * 100:.1f} %)")
     return 1 if failed else 0

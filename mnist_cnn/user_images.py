@@ -62,9 +62,13 @@ def read_grayscale(path: Path) -> np.ndarray:
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise PipelineError(f"{path}: cannot read the image ({error})") from None
     try:
-        return grayscale(ImageOps.exif_transpose(image))
+        gray = grayscale(ImageOps.exif_transpose(image))
     except (OSError, ValueError) as error:  # a mode Pillow cannot convert
         raise PipelineError(f"{path}: cannot read {image.mode} images ({error})") from None
+    if not np.isfinite(gray).all():  # a float TIFF: one NaN would turn the ink's level over
+        count = int((~np.isfinite(gray)).sum())
+        raise PipelineError(f"{path}: {count} pixel(s) not a number (NaN or infinite)")
+    return gray
 
 
 def grayscale(image: Image.Image) -> np.ndarray:

@@ -6,6 +6,8 @@ import json
 import os
 import struct
 import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -155,13 +157,20 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
     huge.write_bytes(huge_png(13000, 13000))
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)  # would block a reader forever
+    not_a_number = tmp_path / "float.tif"  # 32-bit float pixels, one of them NaN
+    pixels = np.asarray(Image.open(good).convert("L"), dtype=np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels, mode="F").save(not_a_number)
+    two_lines = tmp_path / "seven\nagain.png"
+    two_lines.write_bytes(good.read_bytes())
 
     result = predict(
         project, str(good), str(text), str(truncated), str(blank), str(missing), str(huge),
-        str(fifo),
+        str(fifo), str(not_a_number), str(two_lines),
     )
     assert result.returncode == 1
-    assert result.stdout.startswith(f"{good}: ") and result.stdout.count("\n") == 1
+    assert result.stdout.startswith(f"{good}: ") and result.stdout.count("\n") == 2
+    assert result.stdout.splitlines()[1].startswith(f"{tmp_path}/seven\\nagain.png: ")
     assert result.stderr.splitlines() == [
         f"error: {text}: not an image (expected PNG, JPEG, BMP or GIF)",
         f"error: {truncated}: cannot read the image (image file is truncated)",
@@ -169,6 +178,7 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
         f"error: {missing}: not found",
         f"error: {huge}: 13000x13000 pixels, expected at most 50 megapixels (scale the image down)",
         f"error: {fifo}: not a regular file (expected an image file)",
+        f"error: {not_a_number}: 1 pixel(s) not a number (NaN or infinite)",
     ]
 
 
@@ -221,3 +231,47 @@ def test_preparation_steps_on_a_drawn_digit():
     rows, columns = np.nonzero(centred > 64)
     assert centred.shape == (28, 28)
     assert abs(rows.mean() - 14) <= 0.5 and abs(columns.mean() - 14) <= 0.5
+
+
+@pytest.mark.cli
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
+def test_many_images_show_their_progress_on_a_terminal(project, tmp_path):
+    """About 12 ms an image: a hundred or more get a bar on stderr where it is a terminal, and
+    it goes once they are read; what goes to stdout is the same as ever."""
+    import pty  # Unix only, as is termios
+    import termios
+
+    image = tmp_path / "seven.png"
+    image.write_bytes((PROJECT_ROOT / "examples/seven.png").read_bytes())
+    leader, follower = pty.openpty()
+    termios.tcsetwinsize(follower, (24, 80))  # a terminal's size (a new one's is 0x0)
+    shown = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the other end closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_cnn", "predict", *[str(image)] * 100],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        timeout=300,
+    )
+    os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 100 and len(set(lines)) == 1 and lines[0].startswith(f"{image}: 7 (")
+    assert "100/100" in shown.decode(errors="replace")
