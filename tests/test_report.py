@@ -3,10 +3,13 @@ report or image folder left behind (a complete report is checked end to end, in
 test_pipeline.py); and the offline plots template, which the command that writes it would
 write the same."""
 
+import html
 import subprocess
 
+import markdown_it
 import pytest
 
+from mnist_cnn.report import report as markdown_report
 from tests.helpers import (
     PROJECT_ROOT,
     copy_project,
@@ -103,3 +106,16 @@ def test_offline_plots_outside_the_project_makes_no_dvc_folder(tmp_path):
         "error: .dvc/: not found: run this in the project's root, or give -o FILE"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("base", ["main", "a`<b>bold</b>`|x", "``edge`", "<script>x</script>"])
+def test_any_base_name_is_shown_as_typed(base):
+    """A branch name is the user's text: in the heading and the images' table it stays inside
+    its code span, its HTML shown and not rendered, its `|` not a new cell."""
+    plots = ([], {"misclassified": {"base": "b.png"}})
+    text = markdown_report(base, "0123456789abcdef", [], [], plots, "f")
+    page = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
+    escaped = html.escape(base, quote=False)
+    assert f"<h1>What this change did, against <code>{escaped}</code> (01234567)</h1>" in page
+    assert f"<th>base: <code>{escaped}</code></th>" in page
+    assert "<b>" not in page and "<script>" not in page
