@@ -101,6 +101,11 @@ def save_saved_model(serving: tf.Module, path: Path) -> None:
         raise PipelineError(f"{path}: could not write ({error.message})") from None
     fingerprint = path / "fingerprint.pb"
     fingerprint.write_bytes(stable_fingerprint(fingerprint.read_bytes()))
+    # TensorFlow writes an empty assets/ folder; DVC records files, not folders, so its first
+    # checkout after every export removed it and reported the SavedModel modified.
+    assets = path / "assets"
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()
 
 
 def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -222,3 +222,12 @@ def test_export_without_a_model_fails_in_one_line(tmp_path):
     result = run_stage_cli("export", tmp_path)
     assert error_line(result) == "error: models/model.keras: not found (run the train stage first)"
     assert not any((tmp_path / output).exists() for output in OUTPUTS)
+
+
+@pytest.mark.cli
+def test_a_checkout_after_the_pipeline_changes_nothing(built):
+    """TensorFlow writes an empty assets/ folder into the SavedModel; DVC records files, not
+    folders, so its first checkout after every export removed it and printed
+    `M models/saved_model/`. The stage leaves no empty folder."""
+    assert built.dvc("checkout").strip() == ""
+    assert built.dvc("status").strip() == "Data and pipelines are up to date."
