@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,7 +258,8 @@ def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value)
 
 def test_remote_settings_are_the_readmes(team):
     config = team.clone("config").read(".dvc/config").decode()
-    for setting in ("verify = true", "connect_timeout = 10", "read_timeout = 30"):
+    settings = ("verify = true", "connect_timeout = 10", "read_timeout = 20")
+    for setting in (*settings, "configpath = aws-config"):
         assert setting in config
 
 
@@ -319,24 +321,45 @@ def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
     assert b.repro("--pull") == ["export"]  # train and evaluate restored
 
 
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """An endpoint that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held = []
+class SilentServer:
+    """An endpoint on 127.0.0.1 that accepts connections, reads each request and never answers;
+    `tries` counts the requests by path: a client's retries of one request share its path."""
 
-    def accept() -> None:
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self.tries: Counter[str] = Counter()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
         while True:
             try:
-                held.append(listener.accept()[0])
+                connection = self.listener.accept()[0]
             except OSError:  # closed
                 return
+            self.held.append(connection)
+            threading.Thread(target=self.read, args=(connection,), daemon=True).start()
 
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    for connection in held:
-        connection.close()
+    def read(self, connection: socket.socket) -> None:
+        try:
+            request = connection.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
+        except OSError:
+            return
+        if request:
+            self.tries[request.split(" ")[1].split("?")[0]] += 1
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
 
 
 def test_a_silent_remote_fails_within_the_timeouts(team, silent_server):
@@ -344,13 +367,17 @@ def test_a_silent_remote_fails_within_the_timeouts(team, silent_server):
     (Repo.run's timeout guards the test; with no timeouts set, each would wait for hours.)"""
     repo = Repo(team.workdir / "silent", team.env)
     shutil.copytree(team.workdir / "a", repo.root)  # A's cache: every record with its files
-    repo.dvc("remote", "modify", "storage", "endpointurl", silent_server)
+    repo.dvc("remote", "modify", "storage", "endpointurl", silent_server.url)
     repo.dvc("remote", "modify", "storage", "read_timeout", "2")
     repo.dvc("remote", "modify", "storage", "connect_timeout", "2")
-    env = {"AWS_MAX_ATTEMPTS": "1"}  # s3fs tries five times (with back-off), botocore once each
+    # The documented configpath, .dvc/aws-config: botocore tries once, s3fs five times.
+    env = {"AWS_MAX_ATTEMPTS": "", "AWS_CONFIG_FILE": ""}  # none of the machine's own
 
     failed = repo.run(sys.executable, "-m", "dvc", "push", check=False, env=env)
     assert failed.returncode != 0 and "Read timeout on endpoint URL" in failed.stderr
+    # s3fs's five tries of each request, botocore's one each: without the file, 25 (a push
+    # then waits 25 read timeouts; with the documented 20 s, 8 minutes instead of under 2).
+    assert silent_server.tries and max(silent_server.tries.values()) <= 5, silent_server.tries
     pushed = repo.run(sys.executable, "-m", "mnist_cnn", "push-run-cache", check=False, env=env)
     assert pushed.returncode == 1, pushed.stderr
     line = pushed.stderr.strip()
