@@ -41,9 +41,16 @@ class Section(BaseModel):
 
 def inside_the_project(path: Path) -> Path:
     """`path`, if it names a place inside the project (the current folder: stages run from the
-    project's root) once `..` and symlinked folders are resolved."""
+    project's root) once `..` and symlinked folders are resolved. The file itself may be a
+    link: DVC links outputs to its cache (cache.type symlink), which may be anywhere (a shared
+    cache, or the workspace's own for an experiment run in a temporary copy)."""
     root = Path.cwd().resolve()
-    if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
+    target = root / path
+    if target.name in ("", ".", ".."):
+        where = target.resolve()
+    else:
+        where = target.parent.resolve() / target.name
+    if path.is_absolute() or not where.is_relative_to(root):
         raise PydanticCustomError("outside_project", "expected a path inside the project")
     return path
 

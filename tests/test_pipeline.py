@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests import browser
@@ -345,6 +346,47 @@ def test_readme_sweep_as_written(built, precision):
     columns = {"Experiment", "State", "accuracy", "val_accuracy", "train.learning_rate", "threads"}
     assert set(header) == columns, table  # none folded away as `…`
     assert table.count("Success") == 3, table
+
+
+def processes_in(folder: Path, named: str) -> list[psutil.Process]:
+    """This machine's processes whose command line holds `named` and that run in `folder` or
+    below it (the queue's workers run in the repository; their runs start there, then move to
+    a copy of it in .dvc/tmp/exps/)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        cwd, command = process.info["cwd"], " ".join(process.info["cmdline"] or [])
+        if cwd and named in command and Path(cwd).is_relative_to(folder):
+            found.append(process)
+    return found
+
+
+def test_a_killed_queue_worker_is_recovered_as_documented(built):
+    """A worker killed while it runs an experiment: its run goes on to the end, nothing
+    collects it, and DVC shows it Running for good. The documented lines, as written, end the
+    entry, restore the run from the run-cache under its name, and clear what it left."""
+    lines = [line for line in documented_code_block("dvc queue kill").splitlines() if line]
+    rerun = shlex.split(lines[2], comments=True)
+    name = rerun[rerun.index("-n") + 1]
+    built.dvc("exp", "run", "--queue", *rerun[3:])  # queued as the lines say it was
+    # Not through Repo.run: the worker would inherit its pipes, and the call return only once
+    # the queue is done.
+    start = [sys.executable, "-m", "dvc", "queue", "start", "-j", "1"]
+    subprocess.run(start, cwd=built.root, env=built.env, check=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300  # guards the suite only
+    while not (runs := processes_in(built.root, "exec-run")):
+        assert time.monotonic() < deadline, built.dvc("queue", "status")
+        time.sleep(0.2)
+    for worker in processes_in(built.root, "queue-worker"):
+        worker.kill()
+    psutil.wait_procs(runs, timeout=300)
+    assert f"{name}" in (status := built.dvc("queue", "status")) and "Running" in status
+    built.dvc_fails("queue", "remove", name)  # DVC's own behaviour, as the docs say
+
+    done = [built.run("bash", "-c", line) for line in lines]
+    assert "Running stage" not in done[2].stdout  # every stage restored from the run-cache
+    assert name in built.dvc("exp", "list")
+    assert "No experiment tasks in the queue" in built.dvc("queue", "status")
+    assert not list((built.root / ".dvc/tmp/exps").glob("tmp*"))
 
 
 def child_processes(pid: int) -> list[tuple[int, str]]:

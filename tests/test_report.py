@@ -85,7 +85,8 @@ def test_output_that_is_a_folder(project, output):
     assert error_line(result) == (
         f"error: -o {output}: is a folder; expected a file name such as report.md"
     )
-    assert sorted(path.name for path in project.iterdir()) == [".git", "existing", "params.yaml"]
+    listed = sorted(path.name for path in project.iterdir())
+    assert listed == [".git", "dvc.yaml", "existing", "params.yaml"]
 
 
 def test_git_repository_without_dvc(project):
