@@ -55,6 +55,23 @@ def test_a_path_that_leaves_the_project_is_refused(tmp_path, path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["project"]
 
 
+def test_a_file_linked_into_a_cache_elsewhere_is_inside_the_project(tmp_path):
+    """DVC links outputs to its cache (cache.type symlink), which may live anywhere: a shared
+    cache, or the workspace's own for a queued run in a temporary copy. Only the folders of a
+    path must stay inside the project."""
+    project, cache = tmp_path / "project", tmp_path / "cache"
+    project.mkdir()
+    cache.mkdir()
+    params = write_params(project, TINY_MODEL)
+    write_tiny_data(project, params)
+    for key in ("train_data", "validation_data"):
+        linked = project / params["paths"][key]
+        linked.rename(cache / linked.name)
+        linked.symlink_to(cache / linked.name)
+    result = run_stage_cli("train", project)
+    assert result.returncode == 0, result.stderr
+
+
 def test_paths_in_params_yaml_are_refused(tmp_path):
     write_params(tmp_path, {})
     (tmp_path / PARAMS_FILE).write_text(yaml.safe_dump(params_with({})))  # paths included
