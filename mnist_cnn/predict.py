@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mnist_cnn.errors import PipelineError, one_line
 from mnist_cnn.lock import check_recorded
 from mnist_cnn.model import load_model, predict_probabilities
-from mnist_cnn.params import read_paths
+from mnist_cnn.params import PIPELINE_FILE, read_paths
 from mnist_cnn.user_images import prepare
 
 BATCH_SIZE = 32
@@ -42,6 +42,11 @@ def predict(images: list[Path], model_path: Path | None, as_json: bool) -> int:
     # The project (params.yaml and dvc.yaml) only when it names the model: with --model, any
     # folder will do.
     if model_path is None:
+        if not PIPELINE_FILE.is_file():
+            raise PipelineError(
+                f"no project here ({PIPELINE_FILE} not found): run predict in the project's "
+                "root, or give the model: --model PATH"
+            )
         model_path = read_paths().model
         check_recorded(model_path)  # the project's model: the one dvc.lock records
     model = load_model(model_path)

@@ -58,7 +58,8 @@ def read_grayscale(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found") from None
     except UnidentifiedImageError:
-        raise PipelineError(f"{path}: not an image (expected PNG, JPEG, BMP or GIF)") from None
+        expected = "PNG, JPEG, BMP, GIF or TIFF"
+        raise PipelineError(f"{path}: not an image (expected {expected})") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise PipelineError(f"{path}: cannot read the image ({error})") from None
     try:

@@ -172,7 +172,7 @@ def test_bad_files_get_one_line_each_and_the_rest_are_predicted(project, tmp_pat
     assert result.stdout.startswith(f"{good}: ") and result.stdout.count("\n") == 2
     assert result.stdout.splitlines()[1].startswith(f"{tmp_path}/seven\\nagain.png: ")
     assert result.stderr.splitlines() == [
-        f"error: {text}: not an image (expected PNG, JPEG, BMP or GIF)",
+        f"error: {text}: not an image (expected PNG, JPEG, BMP, GIF or TIFF)",
         f"error: {truncated}: cannot read the image (image file is truncated)",
         f"error: {blank}: no ink found (a blank image?)",
         f"error: {missing}: not found",
@@ -192,6 +192,15 @@ def huge_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     signature = b"\x89PNG\r\n\x1a\n"
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.cli
+def test_outside_the_project_without_a_model_says_to_give_one(tmp_path):
+    result = run_command(("predict", str(PROJECT_ROOT / "examples/seven.png")), tmp_path)
+    assert error_line(result) == (
+        "error: no project here (dvc.yaml not found): run predict in the project's root, or "
+        "give the model: --model PATH"
+    )
 
 
 @pytest.mark.cli
