@@ -23,7 +23,6 @@ from tests.helpers import (
     documented_code_block,
     documented_line,
     documented_text,
-    write_params,
 )
 
 pytestmark = pytest.mark.e2e
@@ -289,17 +288,25 @@ def test_readme_quick_experiment_as_written(tmp_path, mnist_dir, precision):
     """The README's quick experiment, exactly as written, on the committed params."""
     copy_project(tmp_path)
     repo = Repo(tmp_path, {"MNIST_MIRROR": str(mnist_dir)})
-    write_params(tmp_path, {"train.precision": precision})
+    params = tmp_path / "params.yaml"  # the committed file, as written, in `precision`
+    params.write_text(params.read_text().replace("precision: auto", f"precision: {precision}"))
     repo.run("git", "init", "-q")
     repo.commit("project")
 
-    output = repo.dvc(*readme_command("dvc exp run -S preprocess.max_train_images=2000")[1:])
+    command = readme_command("dvc exp run -S preprocess.max_train_images=2000")
+    output = repo.dvc(*command[1:])
     assert "data/prepared/train.npz: 2000 images" in output
     assert "data/prepared/validation.npz: 5000 images" in output
     assert f"precision: {precision}" in output
     (quick,) = experiments(repo)
     assert quick["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     assert 0.1 < quick["metrics"]["metrics/evaluate.json"]["data"]["accuracy"] <= 1
+    # DVC writes params.yaml back as it is written: each -S changes its one line.
+    changed = repo.run("git", "diff", "-U0", "params.yaml").stdout.splitlines()
+    removed = [line for line in changed if line.startswith("-") and not line.startswith("---")]
+    added = [line for line in changed if line.startswith("+") and not line.startswith("+++")]
+    settings = command.count("-S")
+    assert (len(removed), len(added)) == (settings, settings), "\n".join(changed)
 
 
 def in_precision(repo: Repo, precision: str) -> Repo:
