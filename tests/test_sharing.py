@@ -138,20 +138,26 @@ def test_run_cache_shares_a_param_set_run_elsewhere(team):
 
 
 def test_experiments_travel_through_origin(team):
+    """The docs' lines as written, the teammate's HEAD past the experiment's commit: plain
+    `dvc exp show` lists only experiments made from HEAD, `-A` lists it."""
+    push, pull, show, apply = [
+        shlex.split(line, comments=True)
+        for line in documented_code_block("dvc exp push origin").splitlines()
+    ]
+    name = push[-1]
     a = team.clone("a-exp")
     a.dvc("pull")
-    a.dvc("exp", "run", "-n", "two-epochs", "-S", "train.epochs=2", "-S", "train.batch_size=32")
-    a.dvc("exp", "push", "origin", "two-epochs")
+    a.dvc("exp", "run", "-n", name, "-S", "train.epochs=2", "-S", "train.batch_size=32")
+    a.run(*push)
     pushed = {path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")}
 
     b = team.clone("b-exp")
-    b.dvc("exp", "pull", "origin", "two-epochs")
-    shown = json.loads(b.dvc("exp", "show", "--json"))
-    names = [exp["name"] for row in shown for exp in row.get("experiments") or []]
-    assert "two-epochs" in names
-    assert "two-epochs" in b.dvc("exp", "show", "--no-pager")  # the README's plain table
+    b.run("git", "commit", "-q", "--allow-empty", "-m", "the teammate's own work")
+    b.run(*pull)
+    assert name not in b.dvc("exp", "show", "--no-pager")  # DVC's: not made from HEAD
+    assert name in b.run(*show, env={"COLUMNS": "200"}).stdout
 
-    b.dvc("exp", "apply", "two-epochs")  # the model and metrics come from the remote
+    b.run(*apply)  # the model and metrics come from the remote
     for path, data in pushed.items():
         assert b.read(path) == data
     assert b.repro() == []  # nothing to train: the workspace matches the experiment
