@@ -54,11 +54,8 @@ def mirror_urls(configured: list[str], from_environment: str | None) -> list[str
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class Transfer(threading.Thread):
@@ -140,8 +137,8 @@ def fetch(
             raise
         if transfer.error is not None:
             raise download_error(transfer.error, timeout)
-        if transfer.received < (transfer.expected_bytes or size):
-            expected = transfer.expected_bytes or size
+        expected = transfer.expected_bytes or size
+        if transfer.received < expected:
             raise FetchError(f"truncated ({transfer.received} of {expected} bytes)", True)
         digest = transfer.digest.hexdigest()
         if digest != expected_sha256:

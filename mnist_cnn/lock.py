@@ -17,7 +17,6 @@ import yaml
 from mnist_cnn.errors import PipelineError
 
 LOCK_FILE = Path("dvc.lock")
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,8 @@ def recorded_outputs(lock: Path = LOCK_FILE) -> list[Recorded]:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def md5_of(path: Path) -> str:

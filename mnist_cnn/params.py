@@ -349,15 +349,16 @@ def read_yaml(path: Path) -> object:
 def read_paths(pipeline: Path = PIPELINE_FILE) -> PathsParams:
     """The paths in dvc.yaml's vars (`vars: - paths: ...`), each checked to stay inside the
     project."""
-    data = read_yaml(pipeline)
-    found = [
-        entry["paths"]
-        for entry in (data.get("vars") or [] if isinstance(data, dict) else [])
-        if isinstance(entry, dict) and "paths" in entry
-    ]
-    if not found:
+    found = paths_entry(read_yaml(pipeline))
+    if found is None:
         raise PipelineError(f"{pipeline}: no paths: expected them in its vars (vars: - paths:)")
-    return validated(PathsParams, found[0], pipeline, prefix="paths")
+    return validated(PathsParams, found, pipeline, prefix="paths")
+
+
+def paths_entry(pipeline: object) -> object | None:
+    """The `paths` entry of a loaded dvc.yaml's vars, as written there; None without one."""
+    entries = (pipeline.get("vars") or []) if isinstance(pipeline, dict) else []
+    return next((e["paths"] for e in entries if isinstance(e, dict) and "paths" in e), None)
 
 
 def read_params(path: Path) -> Params:

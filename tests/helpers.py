@@ -21,7 +21,7 @@ from filelock import FileLock
 from mnist_cnn import mnist
 from mnist_cnn.fetch import download_file, mirror_urls, sha256_of
 from mnist_cnn.files import write_npz
-from mnist_cnn.params import PARAMS_FILE, PIPELINE_FILE, DownloadParams
+from mnist_cnn.params import PARAMS_FILE, PIPELINE_FILE, DownloadParams, paths_entry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,16 +56,11 @@ def documented_code_block(containing: str) -> str:
     return next(block for block in blocks if containing in block)
 
 
-def pipeline_paths(pipeline: dict) -> dict:
-    """The `paths` entry of a dvc.yaml's vars."""
-    return next(entry["paths"] for entry in pipeline["vars"] if "paths" in entry)
-
-
 def params_with(changes: dict[str, object]) -> dict:
     """The project's params.yaml with dotted keys changed, as `dvc exp run -S` would, and the
     paths of its dvc.yaml as `paths` (which take changes too: `paths.model`, say)."""
     params = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text())
-    params["paths"] = pipeline_paths(yaml.safe_load((PROJECT_ROOT / PIPELINE_FILE).read_text()))
+    params["paths"] = paths_entry(yaml.safe_load((PROJECT_ROOT / PIPELINE_FILE).read_text()))
     for dotted, value in changes.items():
         *parents, key = dotted.split(".")
         section = params
@@ -111,11 +106,11 @@ def write_params(folder: Path, changes: dict[str, object]) -> dict:
     settings = {key: value for key, value in params.items() if key != "paths"}
     (folder / PARAMS_FILE).write_text(yaml.safe_dump(settings, sort_keys=False))
     written = folder / PIPELINE_FILE
-    if not written.exists() or pipeline_paths(yaml.safe_load(written.read_text())) != (
+    if not written.exists() or paths_entry(yaml.safe_load(written.read_text())) != (
         params["paths"]
     ):
         pipeline = yaml.safe_load((PROJECT_ROOT / PIPELINE_FILE).read_text())
-        pipeline_paths(pipeline).update(params["paths"])
+        paths_entry(pipeline).update(params["paths"])
         written.write_text(yaml.safe_dump(pipeline, sort_keys=False))
     return params
 
