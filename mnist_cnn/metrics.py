@@ -1,5 +1,5 @@
-"""Scores of a classifier on labelled images: accuracy, cross-entropy loss, macro F1, the
-confusion matrix and each digit's precision, recall and F1."""
+"""Scores of a classifier on labelled images: accuracy, cross-entropy loss, the confusion
+matrix and each digit's precision, recall and F1."""
 
 import numpy as np
 import pandas as pd
@@ -29,14 +29,14 @@ def digit_scores(actual: np.ndarray, predicted: np.ndarray, classes: int) -> pd.
 
 
 def classification_metrics(actual: np.ndarray, probabilities: np.ndarray) -> dict:
-    """The headline numbers: accuracy, cross-entropy loss, macro F1 (the mean of the digits'
-    F1). Per digit, see digit_scores: a plot, not 30 metric columns."""
+    """The headline numbers, a column each in `dvc exp show`: accuracy and cross-entropy loss
+    (against the true labels). Per digit, see digit_scores: a plot, not 30 metric columns.
+    No macro F1: on MNIST's balanced test set it repeats the accuracy to the fourth digit, and
+    a column less lets the changed params fit a terminal beside the metrics."""
     predicted = probabilities.argmax(axis=1)
-    f1 = digit_scores(actual, predicted, probabilities.shape[1])["f1"]
     picked = probabilities[np.arange(len(actual)), actual]
     loss = -np.log(np.clip(picked, EPSILON, 1.0)).mean()
     return {
         "accuracy": round(float(np.mean(predicted == actual)), 6),
         "loss": round(float(loss), 6),
-        "macro_f1": round(float(f1.mean()), 6),
     }

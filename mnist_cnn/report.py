@@ -30,7 +30,6 @@ REPORTED_IMAGES = {"misclassified": "Misclassified test digits"}
 HEADLINE_METRICS = [
     ("accuracy", "test accuracy", True),
     ("loss", "test loss", False),
-    ("macro_f1", "macro F1", True),
 ]
 
 

@@ -3,8 +3,9 @@
 The page under test is copied with a probe script added at its end. Once the page has had
 time to render, the probe reports what a user would see: for each Vega plot the page embeds,
 how many data marks it drew (lines, points, matrix cells, bars), how many numbers it wrote
-as marks (the confusion matrix's counts), what its axes say, and for each image whether it
-loaded. Chromium prints the resulting DOM, the test reads the report from it.
+as marks (the confusion matrix's counts), what its axes say, every text it shows and its x
+axis' tick labels; and for each image whether it loaded. Chromium prints the resulting DOM,
+the test reads the report from it.
 """
 
 import html
@@ -34,7 +35,16 @@ window.addEventListener("load", () => setTimeout(() => {
     const axes = div
       ? [...div.querySelectorAll("svg g.role-axis")].map((g) => g.getAttribute("aria-label"))
       : [];
-    return { id, marks, texts, axes };
+    // Every word the plot shows (titles, tick labels, legends, facet headers), and the tick
+    // labels of its x axes.
+    const words = div ? [...div.querySelectorAll("svg text")].map((t) => t.textContent) : [];
+    const xticks = div
+      ? [...div.querySelectorAll("svg g.role-axis")]
+          .filter((g) => (g.getAttribute("aria-label") || "").startsWith("X-axis"))
+          .flatMap((g) => [...g.querySelectorAll("g.role-axis-label text")])
+          .map((t) => t.textContent)
+      : [];
+    return { id, marks, texts, axes, words, xticks };
   });
   const images = [...document.querySelectorAll("img")].map((img) => ({
     src: img.getAttribute("src"),
@@ -60,7 +70,7 @@ def find_browser() -> str:
 
 
 def render(page: Path) -> dict:
-    """Open `page` offline; return {"plots": [{id, marks, texts, axes}],
+    """Open `page` offline; return {"plots": [{id, marks, texts, axes, words, xticks}],
     "images": [{src, loaded}]}."""
     browser = find_browser()
     text = page.read_text(encoding="utf-8")

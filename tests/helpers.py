@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from dvc.utils.serialize import dumps_yaml
 from filelock import FileLock
 
 from mnist_cnn import mnist
@@ -104,7 +105,9 @@ def write_params(folder: Path, changes: dict[str, object]) -> dict:
     folder has none or the paths changed; return the params, with the paths as `paths`."""
     params = params_with(changes)
     settings = {key: value for key, value in params.items() if key != "paths"}
-    (folder / PARAMS_FILE).write_text(yaml.safe_dump(settings, sort_keys=False))
+    # In the format DVC writes params back in (`dvc exp run -S`), as the project's file is:
+    # then a -S changes one line here too.
+    (folder / PARAMS_FILE).write_text(dumps_yaml(settings))
     written = folder / PIPELINE_FILE
     if not written.exists() or paths_entry(yaml.safe_load(written.read_text())) != (
         params["paths"]
@@ -198,13 +201,15 @@ class Repo:
         return {str(path.relative_to(self.root)): path.read_bytes() for path in files}
 
 
-def copy_project(target: Path) -> None:
-    """The project's committed code and config, without its published results and tests."""
+def copy_project(target: Path, published: bool = False) -> None:
+    """The project's committed code and config, without its tests; without its published
+    results (dvc.lock, metrics/, plots/) unless `published`, as a fresh clone has them."""
     listed = subprocess.run(
         ["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
+    results = {"dvc.lock", "metrics", "plots"}
     for name in listed:
-        if name == "dvc.lock" or name.split("/")[0] in {"metrics", "plots", "tests"}:
+        if name.split("/")[0] in ({"tests"} if published else {"tests", *results}):
             continue
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, target / name)

@@ -195,7 +195,10 @@ def test_registry_version_is_fetched_by_anyone(team, tmp_path):
     assert outsider.read("latest.keras") == published
 
     missing = outsider.dvc_fails("artifacts", "get", str(team.origin), "mnist-cnn", "--rev", "v9")
-    assert "Unable to find artifact" in missing.stderr
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("ERROR")]
+    # As the docs say: DVC's line about Studio first, then the one that matters.
+    assert errors[0].startswith("ERROR: Failed to download artifact 'mnist-cnn' via Studio"), errors
+    assert "Unable to find artifact" in errors[-1], errors
 
     # The exports are artifacts too, versioned the same way; the SavedModel is a folder.
     a.run("gto", "register", "mnist-cnn-onnx", "--version", "v1.0.0")
