@@ -6,6 +6,7 @@ that names the file, the key and what was expected. So does a path that leaves t
 """
 
 import difflib
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Literal, Self, TypeVar
@@ -324,6 +325,16 @@ class SettingsLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# A number in exponent form without a point, `1e-05`: a float in YAML 1.2, which DVC reads
+# and writes (`dvc exp run -S train.learning_rate=1e-5` writes `1e-05`), and a string to
+# PyYAML's YAML 1.1, which would have refused it as "not a number".
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class SettingsError(yaml.YAMLError):

@@ -1,12 +1,14 @@
 import copy
 import re
+import shutil
 
 import pytest
 import yaml
+from dvc.utils.hydra import apply_overrides
 
 from mnist_cnn.errors import PipelineError
-from mnist_cnn.params import PARAMS_FILE, parse_params
-from tests.helpers import documented_line, params_with
+from mnist_cnn.params import PARAMS_FILE, parse_params, read_yaml
+from tests.helpers import PROJECT_ROOT, documented_line, params_with
 
 
 @pytest.fixture
@@ -175,3 +177,15 @@ def test_unknown_keys_come_before_missing_ones(raw_params):
     with pytest.raises(PipelineError) as error:
         parse_params(raw_params)
     assert str(error.value) == "params.yaml: evaluate.colour: unknown key (and 1 more)"
+
+
+def test_a_rate_dvc_writes_in_exponent_form_is_a_number(tmp_path):
+    """`dvc exp run -S train.learning_rate=1e-5`: DVC writes `1e-05` back (YAML 1.2's float),
+    which YAML 1.1 would read as a string, and the stage refuse as not a number."""
+    params_file = tmp_path / PARAMS_FILE
+    shutil.copy(PROJECT_ROOT / PARAMS_FILE, params_file)
+    apply_overrides(str(params_file), ["train.learning_rate=1e-5"])  # what -S calls
+    assert "  learning_rate: 1e-05\n" in params_file.read_text()
+    raw = read_yaml(params_file)
+    assert raw["train"]["learning_rate"] == 1e-05
+    parse_params(raw | {"paths": params_with({})["paths"]})  # and the stage takes it
