@@ -78,7 +78,7 @@ def train_project(
     if setup == "defaults-float32":
         settings = settings.model_copy(update={"precision": "float32"})
     params = params.model_copy(update={"seed": seed, "train": settings})
-    model, _, precision = fit_model(params, train_data, validation_data, verbose=0)
+    model, precision = fit_model(params, train_data, validation_data, verbose=0)
     return model, settings.epochs, precision
 
 

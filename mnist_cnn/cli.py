@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_cnn.errors import run
+from mnist_cnn.runner import run_command
 
 
 def predict(arguments: argparse.Namespace) -> int:
@@ -140,4 +140,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
-    return run(lambda: arguments.run(arguments), arguments.name)
+    return run_command(lambda: arguments.run(arguments), arguments.name)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -127,6 +127,18 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def removed_on_failure(paths: Iterable[Path]) -> Iterator[None]:
+    """Whatever ends the block early (an error, Ctrl-C, a full disk), `paths` are removed: a
+    stage leaves a whole result or none, never half of one or new files beside older ones."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            remove_path(path)
+        raise
 
 
 def write_bytes(path: Path, data: bytes) -> None:

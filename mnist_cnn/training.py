@@ -10,7 +10,6 @@ import pandas as pd
 import tensorflow as tf
 
 from mnist_cnn.errors import PipelineError, out_of_memory
-from mnist_cnn.history import HISTORY_COLUMNS
 from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
 from mnist_cnn.model import build_model
 from mnist_cnn.params import Params, TrainParams
@@ -122,7 +121,7 @@ def train(
         interrupt.restore()
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", range(1, len(frame) + 1))
-    return frame[HISTORY_COLUMNS]
+    return frame
 
 
 def model_info(model: keras.Model, precision: str) -> dict:
@@ -142,10 +141,10 @@ def fit_model(
     validation_data: dict,
     verbose: int,
     callbacks: tuple[keras.callbacks.Callback, ...] = (),
-) -> tuple[keras.Model, pd.DataFrame, str]:
+) -> tuple[keras.Model, str]:
     """The stage without its files: build the model from `params`, train it from `params.seed`.
 
-    Returns the model, its per-epoch history and the precision used.
+    Returns the model and the precision used (the history goes to `callbacks`: LiveCurves).
     """
     make_deterministic(params.seed, params.threads)
     precision = use_precision(params.train.precision)
@@ -154,9 +153,7 @@ def fit_model(
         if verbose:
             model.summary()
             print(f"precision: {precision}")
-        history = train(
-            model, train_data, validation_data, params.train, params.seed, verbose, callbacks
-        )
+        train(model, train_data, validation_data, params.train, params.seed, verbose, callbacks)
     except Exception as error:
         if not out_of_memory(error):
             raise
@@ -165,4 +162,4 @@ def fit_model(
             f"parameters at train.batch_size {params.train.batch_size}: make the model "
             "(model.dense_units, model.conv_filters) or train.batch_size smaller"
         ) from None
-    return model, history, precision
+    return model, precision

@@ -5,10 +5,10 @@ import os
 import sys
 
 from mnist_cnn import mnist
-from mnist_cnn.errors import run
 from mnist_cnn.fetch import MIRROR_ENV, download_file, mirror_urls
 from mnist_cnn.files import remove_stale_temporaries
 from mnist_cnn.params import load_params
+from mnist_cnn.runner import run_stage
 
 
 def main() -> None:
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, "download"))
+    sys.exit(run_stage(main, "download"))

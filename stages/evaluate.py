@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 
 from mnist_cnn import mnist
-from mnist_cnn.errors import run
 from mnist_cnn.figures import plot_confusion_matrix, plot_image_grid, png_bytes
 from mnist_cnn.files import read_npz, remove_stale_temporaries, write_bytes, write_json, write_text
 from mnist_cnn.lock import check_recorded
 from mnist_cnn.metrics import classification_metrics, confusion_matrix, digit_scores
 from mnist_cnn.model import load_model, predict_probabilities
 from mnist_cnn.params import load_params
+from mnist_cnn.runner import run_stage
 from mnist_cnn.tensorflow_setup import make_deterministic
 
 
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, "evaluate"))
+    sys.exit(run_stage(main, "evaluate"))

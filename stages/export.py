@@ -4,11 +4,11 @@ model in float32 predicts (mnist_cnn/parity.py) before any is written."""
 
 import sys
 
-from mnist_cnn.errors import PipelineError, how_to_restore, run
+from mnist_cnn.errors import PipelineError, how_to_restore
 from mnist_cnn.files import (
     read_npz,
-    remove_path,
     remove_stale_temporaries,
+    removed_on_failure,
     replace_directory,
     scratch_directory_beside,
     write_bytes,
@@ -25,6 +25,7 @@ from mnist_cnn.parity import (
     predict_in_batches,
     runtimes,
 )
+from mnist_cnn.runner import run_stage
 from mnist_cnn.serving import (
     CONVERTER_NOISE,
     FORMATS,
@@ -72,16 +73,12 @@ def main() -> None:
                 check_parity(outputs[name], result, settings.min_agreement)
                 details[name] = {**result, "size_bytes": size_bytes(made[name])}
             # Every format is checked before any is written.
-            try:
+            with removed_on_failure([*outputs.values(), *reports]):  # disk full, Ctrl-C
                 replace_directory(made["saved_model"], outputs["saved_model"])
                 write_bytes(outputs["onnx"], made["onnx"].read_bytes())
                 write_bytes(outputs["tflite"], made["tflite"].read_bytes())
                 write_json(paths.export_details, details)
                 write_json(paths.export_metrics, headline_metrics(details))
-            except BaseException:  # disk full, Ctrl-C: never a new SavedModel beside old files
-                for path in [*outputs.values(), *reports]:
-                    remove_path(path)
-                raise
     except PipelineError as error:
         # Run alone, the last exports stay where they were; `dvc repro` deleted them first.
         restore = how_to_restore("export", [paths.export_metrics])
@@ -108,4 +105,4 @@ def report(training_precision: str, details: dict, outputs: dict, paths: PathsPa
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, "export"))
+    sys.exit(run_stage(main, "export"))

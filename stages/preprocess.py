@@ -5,9 +5,9 @@ import sys
 import numpy as np
 
 from mnist_cnn import mnist
-from mnist_cnn.errors import run
 from mnist_cnn.files import remove_stale_temporaries, write_npz
 from mnist_cnn.params import load_params
+from mnist_cnn.runner import run_stage
 from mnist_cnn.splits import split_validation, subset
 
 
@@ -33,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, "preprocess"))
+    sys.exit(run_stage(main, "preprocess"))

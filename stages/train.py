@@ -7,11 +7,12 @@ the metrics.
 
 import sys
 
-from mnist_cnn.errors import PipelineError, how_to_restore, run
-from mnist_cnn.files import read_npz, remove_stale_temporaries, write_json
+from mnist_cnn.errors import PipelineError, how_to_restore
+from mnist_cnn.files import read_npz, remove_stale_temporaries, removed_on_failure, write_json
 from mnist_cnn.history import LiveCurves, history_files
 from mnist_cnn.model import save_model
 from mnist_cnn.params import load_params
+from mnist_cnn.runner import run_stage
 from mnist_cnn.training import fit_model, model_info
 
 
@@ -25,19 +26,16 @@ def main() -> None:
 
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where someone watches
     try:
-        model, _, precision = fit_model(
-            params, train_data, validation_data, verbose, (LiveCurves(paths),)
-        )
-        save_model(model, paths.model)
-        write_json(paths.model_info, model_info(model, precision))
-    except BaseException as error:  # diverged, interrupted, disk full: no result, not half of one
-        for path in outputs:
-            path.unlink(missing_ok=True)
-        if not isinstance(error, PipelineError):
-            raise
+        with removed_on_failure(outputs):  # diverged, interrupted, disk full
+            model, precision = fit_model(
+                params, train_data, validation_data, verbose, (LiveCurves(paths),)
+            )
+            save_model(model, paths.model)
+            write_json(paths.model_info, model_info(model, precision))
+    except PipelineError as error:
         restore = how_to_restore("train", history_files(paths))  # the outputs kept in git
         raise PipelineError(f"{error}; no model written: {restore}") from None
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, "train"))
+    sys.exit(run_stage(main, "train"))

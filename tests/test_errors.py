@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_cnn.params import PARAMS_FILE
+from mnist_cnn.params import PARAMS_FILE, load_params
+from mnist_cnn.runner import run_command, run_stage
 from tests.helpers import (
     TINY_MODEL,
     error_line,
@@ -199,3 +200,22 @@ def test_tensorflow_stages_print_only_their_own_lines(tmp_path):
         assert result.returncode == 0
         assert result.stderr == "", stage
         assert "cuda" not in result.stdout.lower()
+
+
+def test_only_a_stage_refuses_params_changed_while_it_ran(tmp_path, monkeypatch, capsys):
+    """DVC records a stage's params when it ends, so a stage whose params.yaml changed meanwhile
+    fails; a command (report, predict) has nothing recorded, and finishes."""
+    monkeypatch.chdir(tmp_path)
+
+    def main() -> None:
+        write_params(tmp_path, {"train.epochs": 1})
+        load_params()
+        write_params(tmp_path, {"train.epochs": 2})  # edited while it runs
+
+    assert run_command(main, "report") == 0
+    assert capsys.readouterr().err == ""
+    assert run_stage(main, "train") == 1
+    assert capsys.readouterr().err == (
+        "error: params.yaml changed while train ran: its outputs are for the params it read at "
+        "the start and are not recorded; run dvc repro again\n"
+    )

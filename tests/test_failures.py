@@ -124,9 +124,9 @@ def test_disk_full_while_saving_the_model(tmp_path, full_disk):
 SAME_KERNELS_EVERYWHERE = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 STAGE_WITH_ITS_PEAK = """
 import sys
-from mnist_cnn.errors import run
+from mnist_cnn.runner import run_stage
 from stages.train import main
-status = run(main, "train")
+status = run_stage(main, "train")
 status_lines = open("/proc/self/status").read().splitlines()
 print(next(int(line.split()[1]) * 1024 for line in status_lines if line.startswith("VmPeak")))
 sys.exit(status)
@@ -136,7 +136,6 @@ sys.exit(status)
 SAVE_WITH_LITTLE_LEFT = """
 import resource, sys
 from pathlib import Path
-from mnist_cnn.errors import run
 from mnist_cnn.model import build_model, save_model
 from mnist_cnn.params import load_params
 model = build_model(load_params().model)
@@ -144,7 +143,8 @@ status_lines = open("/proc/self/status").read().splitlines()
 mapped = next(int(line.split()[1]) * 1024 for line in status_lines if line.startswith("VmSize"))
 limit = mapped + int(sys.argv[2]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-sys.exit(run(lambda: save_model(model, Path(sys.argv[1])), "train"))
+from mnist_cnn.runner import run_command
+sys.exit(run_command(lambda: save_model(model, Path(sys.argv[1])), "train"))
 """
 
 

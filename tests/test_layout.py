@@ -61,6 +61,41 @@ def code_run_by(stage_module: Path) -> set[Path]:
     return seen - {Path("stages/__init__.py")}
 
 
+def modules_named(path: Path) -> set[Path]:
+    """The project's modules that `path`'s import statements name (not the packages above
+    them, which Python runs first for any of their modules)."""
+    files = set()
+    for node in ast.walk(ast.parse((PROJECT_ROOT / path).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            if not any(module_file(name) for name in names):
+                names = [node.module]  # `from package.module import function`
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        files |= {found for name in names if name.split(".")[0] in PACKAGES
+                  if (found := module_file(name))}
+    return files
+
+
+def test_the_package_imports_no_circle():
+    """No module of mnist_cnn/ imports, directly or not, a module that imports it: the error
+    type at the bottom, the runner above the params it checks."""
+    package = (PROJECT_ROOT / "mnist_cnn").glob("*.py")
+    modules = sorted(path.relative_to(PROJECT_ROOT) for path in package)
+    graph = {path: modules_named(path) for path in modules}
+    for start in modules:
+        reached, waiting = set(), list(graph[start])
+        while waiting:
+            path = waiting.pop()
+            if path not in reached:
+                reached.add(path)
+                waiting += graph.get(path, set())
+        assert start not in reached, f"{start} imports itself back"
+    assert graph[Path("mnist_cnn/errors.py")] == set()  # the bottom floor
+
+
 def test_stages_folder_holds_exactly_the_pipelines_stages():
     modules = {path.stem for path in (PROJECT_ROOT / "stages").glob("*.py")}
     assert modules == {*pipeline(), "__init__"}

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from mnist_cnn.errors import run
 from mnist_cnn.files import read_npz
 from mnist_cnn.history import CURVE_COLUMNS
 from mnist_cnn.inputs import random_affine
 from mnist_cnn.model import build_model, renumber_shared_objects
 from mnist_cnn.params import parse_params
+from mnist_cnn.runner import run_command
 from mnist_cnn.tensorflow_setup import (
     available_cores,
     compute_capability,
@@ -314,7 +314,7 @@ def test_onednn_without_a_kernel_is_one_line(capsys, monkeypatch):
             "propagation primitive. in file tensorflow/core/kernels/mkl/mkl_conv_ops.cc:1172"
         )
 
-    assert run(convolution_without_kernel, "train") == 1
+    assert run_command(convolution_without_kernel, "train") == 1
     line = capsys.readouterr().err
     assert line.count("\n") == 1
     assert "TF_ENABLE_ONEDNN_OPTS=1, ONEDNN_MAX_CPU_ISA=AVX2" in line
@@ -441,7 +441,7 @@ def test_the_runner_passes_an_abort_that_is_not_memory_on(message):
         raise tf.errors.AbortedError(None, None, message)
 
     with pytest.raises(tf.errors.AbortedError):
-        run(stage, "evaluate")
+        run_command(stage, "evaluate")
 
 
 @pytest.mark.parametrize("library", OUT_OF_MEMORY)
@@ -451,7 +451,7 @@ def test_out_of_memory_in_any_stage_is_one_line(capsys, library):
     def stage() -> None:
         raise OUT_OF_MEMORY[library]()
 
-    assert run(stage, "evaluate") == 1
+    assert run_command(stage, "evaluate") == 1
     assert capsys.readouterr().err == (
         "error: evaluate: out of memory: this machine cannot hold what evaluate needs; free "
         "memory, or make the model and batch sizes in params.yaml smaller\n"
@@ -481,7 +481,7 @@ def interrupt_turned_into_import_error() -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as intended
 @pytest.mark.parametrize("main", [interrupt_swallowed, interrupt_turned_into_import_error])
 def test_ctrl_c_is_interrupted_whatever_a_library_made_of_it(capsys, main):
-    assert run(main, "export") == 130
+    assert run_command(main, "export") == 130
     assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's, back
 
