@@ -15,11 +15,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from mnist_cnn.exports import FORMATS, Predict
 from mnist_cnn.files import read_npz
 from mnist_cnn.model import load_model
 from mnist_cnn.params import load_params
-from mnist_cnn.parity import Predict, batches, runtimes
-from mnist_cnn.serving import export_files
+from mnist_cnn.parity import batches
 from mnist_cnn.tensorflow_setup import available_cores
 
 
@@ -29,12 +29,9 @@ def runners(threads: int) -> dict[str, Predict]:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras_model = load_model(paths.model)
-    exports = runtimes(export_files(paths), threads)
     return {
         "Keras (.keras, model(x))": lambda x: keras_model(x, training=False).numpy(),
-        "SavedModel (TensorFlow)": exports["saved_model"],
-        "ONNX (onnxruntime)": exports["onnx"],
-        "TFLite (LiteRT)": exports["tflite"],
+        **{export.title: export.run(export.path(paths), threads) for export in FORMATS},
     }
 
 

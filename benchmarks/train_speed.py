@@ -251,13 +251,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from mnist_cnn.tensorflow_setup import (
-        available_cores,
-        cpu_flags,
-        cpuinfo_field,
-        gpu_capabilities,
-        resolve_precision,
-    )
+    from mnist_cnn.precision import cpu_flags, cpuinfo_field, gpu_capabilities, resolve_precision
+    from mnist_cnn.tensorflow_setup import available_cores
 
     auto = resolve_precision("auto", cpu_flags(), gpu_capabilities())
     setups = ["reference"] + [name for name in args.setups if name != "reference"]

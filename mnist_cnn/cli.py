@@ -38,7 +38,7 @@ def verify(arguments: argparse.Namespace) -> None:
 
 
 def offline_plots(arguments: argparse.Namespace) -> None:
-    from mnist_cnn.plots import TEMPLATE, write_template
+    from mnist_cnn.vega import TEMPLATE, write_template
 
     write_template(arguments.output or TEMPLATE)
 

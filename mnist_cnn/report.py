@@ -21,7 +21,7 @@ from pathlib import Path
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.files import scratch_directory_beside, write_bytes, write_text
 from mnist_cnn.params import read_paths
-from mnist_cnn.plots import vega_png
+from mnist_cnn.vega import vega_png
 
 # The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
 # not change): file stem -> heading.
@@ -33,7 +33,7 @@ HEADLINE_METRICS = [
 ]
 
 
-def run(command: list[str], what: str) -> str:
+def run_tool(command: list[str], what: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
@@ -42,7 +42,7 @@ def run(command: list[str], what: str) -> str:
 
 
 def dvc_json(*arguments: str) -> dict:
-    output = run([sys.executable, "-m", "dvc", *arguments, "--json"], f"dvc {arguments[0]}")
+    output = run_tool([sys.executable, "-m", "dvc", *arguments, "--json"], f"dvc {arguments[0]}")
     return json.loads(output or "{}")
 
 
@@ -168,7 +168,7 @@ def render_plots(plots: dict, folder: Path, base: str) -> tuple[list, dict]:
     return curves, images
 
 
-def report(
+def markdown(
     base: str,
     base_commit: str,
     params: list[str],
@@ -234,7 +234,7 @@ def write_report(base: str, output: Path) -> None:
         images = scratch / "images"
         images.mkdir()
         rendered = render_plots(plots, images, base)
-        text = report(base, commit, params, metrics, rendered, files_dir.name)
+        text = markdown(base, commit, params, metrics, rendered, files_dir.name)
         count = len(list(images.iterdir()))
         shutil.rmtree(files_dir, ignore_errors=True)
         images.rename(files_dir)

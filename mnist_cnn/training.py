@@ -13,7 +13,8 @@ from mnist_cnn.errors import PipelineError, out_of_memory
 from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
 from mnist_cnn.model import build_model
 from mnist_cnn.params import Params, TrainParams
-from mnist_cnn.tensorflow_setup import cpuinfo_field, make_deterministic, use_precision
+from mnist_cnn.precision import cpuinfo_field, use_precision
+from mnist_cnn.tensorflow_setup import make_deterministic
 
 
 def learning_rate_schedule(

@@ -1,10 +1,18 @@
 """Stage 5: export the trained model for serving, as a SavedModel (TensorFlow Serving), an ONNX
-model and a TFLite model (mnist_cnn/serving.py), and check that each predicts what the Keras
+model and a TFLite model (mnist_cnn/exports.py), and check that each predicts what the Keras
 model in float32 predicts (mnist_cnn/parity.py) before any is written."""
 
 import sys
 
 from mnist_cnn.errors import PipelineError, how_to_restore
+from mnist_cnn.exports import (
+    CONVERTER_NOISE,
+    FORMATS,
+    export_files,
+    float32_copy,
+    make_exports,
+    size_bytes,
+)
 from mnist_cnn.files import (
     read_npz,
     remove_stale_temporaries,
@@ -19,21 +27,12 @@ from mnist_cnn.model import load_model
 from mnist_cnn.params import PathsParams, load_params
 from mnist_cnn.parity import (
     check_parity,
+    compare,
     headline_metrics,
     keras_predict,
-    parity,
     predict_in_batches,
-    runtimes,
 )
 from mnist_cnn.runner import run_stage
-from mnist_cnn.serving import (
-    CONVERTER_NOISE,
-    FORMATS,
-    export_files,
-    float32_copy,
-    make_exports,
-    size_bytes,
-)
 from mnist_cnn.tensorflow_setup import make_deterministic, native_stderr_filtered
 
 
@@ -58,25 +57,29 @@ def main() -> None:
     )
     details: dict = {
         "test_images": len(images),
-        "float32_vs_training_precision": parity(in_training_precision, reference),
+        "float32_vs_training_precision": compare(in_training_precision, reference),
     }
     try:
-        with scratch_directory_beside(outputs["saved_model"]) as scratch:
+        with scratch_directory_beside(next(iter(outputs.values()))) as scratch:
             with native_stderr_filtered(CONVERTER_NOISE):  # the converters' routine notes
-                made = make_exports(float32_model, scratch, settings.onnx_opset)
+                made = make_exports(float32_model, scratch, paths, settings.onnx_opset)
+                runs = [export.run(made[export.name], params.threads) for export in FORMATS]
                 probabilities = {
-                    name: predict_in_batches(predict, images, settings.batch_size)
-                    for name, predict in runtimes(made, params.threads).items()
+                    export.name: predict_in_batches(run, images, settings.batch_size)
+                    for export, run in zip(FORMATS, runs, strict=True)
                 }
-            for name in FORMATS:
-                result = parity(reference, probabilities[name])
-                check_parity(outputs[name], result, settings.min_agreement)
-                details[name] = {**result, "size_bytes": size_bytes(made[name])}
+            for export in FORMATS:
+                result = compare(reference, probabilities[export.name])
+                check_parity(outputs[export.name], result, settings.min_agreement)
+                details[export.name] = {**result, "size_bytes": size_bytes(made[export.name])}
             # Every format is checked before any is written.
             with removed_on_failure([*outputs.values(), *reports]):  # disk full, Ctrl-C
-                replace_directory(made["saved_model"], outputs["saved_model"])
-                write_bytes(outputs["onnx"], made["onnx"].read_bytes())
-                write_bytes(outputs["tflite"], made["tflite"].read_bytes())
+                for export in FORMATS:
+                    source, target = made[export.name], outputs[export.name]
+                    if source.is_dir():
+                        replace_directory(source, target)
+                    else:
+                        write_bytes(target, source.read_bytes())
                 write_json(paths.export_details, details)
                 write_json(paths.export_metrics, headline_metrics(details))
     except PipelineError as error:
@@ -95,10 +98,10 @@ def report(training_precision: str, details: dict, outputs: dict, paths: PathsPa
             f" {effect['agreement']:.2%} of {count} test images, probabilities within"
             f" {effect['max_probability_difference']:.2g} (recorded, not checked)"
         )
-    for name in FORMATS:
-        result = details[name]
+    for export in FORMATS:
+        result, output = details[export.name], outputs[export.name]
         print(
-            f"{outputs[name]}: the float32 Keras model's digit on {result['agreement']:.2%} of"
+            f"{output}: the float32 Keras model's digit on {result['agreement']:.2%} of"
             f" {count} test images, probabilities within"
             f" {result['max_probability_difference']:.2g}, {result['size_bytes'] / 1e6:.1f} MB"
         )

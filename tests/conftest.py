@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,17 @@ from tests.helpers import (
     mnist_folder,
     params_with,
 )
+
+
+@pytest.fixture(autouse=True)
+def sigint_handler_kept() -> Iterator[None]:
+    """Every test leaves Ctrl-C's handler as it found it: the runner's tests check that it puts
+    the caller's back, and a handler left behind (SIGINT ignored, seen once in a full run)
+    would change what the tests after it see."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    assert after is before, f"SIGINT's handler left as {after!r}, was {before!r}"
 
 
 @pytest.fixture

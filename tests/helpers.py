@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -128,7 +129,51 @@ QUICK = {
     "train.epochs": 1,
     "train.batch_size": 64,
 }
-STAGES = ["download", "preprocess", "train", "evaluate", "export"]
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `precision` for the block, and float32 again after it,
+    whatever happens: the next test builds its models in float32."""
+    import keras  # here: most tests that import these helpers never load TensorFlow
+
+    keras.mixed_precision.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def stages_in_run_order(pipeline: dict) -> list[str]:
+    """dvc.yaml's stages in the order `dvc repro` runs them: each after the stages whose outputs
+    it reads, and otherwise in the file's order, as DVC does."""
+    paths = paths_entry(pipeline) or {}
+
+    def resolved(entries: list) -> list[str]:
+        names = [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+        return [re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m[1]], n) for n in names]
+
+    stages = pipeline["stages"]
+    outputs = {
+        name: resolved([*s.get("outs", []), *s.get("metrics", []), *s.get("plots", [])])
+        for name, s in stages.items()
+    }
+    needs = {
+        name: {
+            other
+            for dep in resolved(stage.get("deps"))
+            for other, outs in outputs.items()
+            if any(dep == out or dep.startswith(f"{out}/") for out in outs)
+        }
+        for name, stage in stages.items()
+    }
+    ordered: list[str] = []
+    while len(ordered) < len(stages):
+        ordered.append(next(n for n in stages if n not in ordered and needs[n] <= {*ordered}))
+    return ordered
+
+
+STAGES = stages_in_run_order(yaml.safe_load((PROJECT_ROOT / PIPELINE_FILE).read_text()))
 
 
 class Repo:
@@ -282,6 +327,12 @@ def run_script(
     return run_python(["-c", script, *arguments], cwd, env, 300, address_space)
 
 
+def project_environment(**variables: str) -> dict[str, str]:
+    """This process's environment with the project importable (PYTHONPATH), and `variables`:
+    what a stage or command run from a test folder needs."""
+    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **variables}
+
+
 def run_python(
     arguments: list[str],
     cwd: Path,
@@ -297,7 +348,7 @@ def run_python(
     return subprocess.run(
         [sys.executable, *arguments],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
+        env=project_environment(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from mnist_cnn.tensorflow_setup import cpu_flags, resolve_precision
+from mnist_cnn.precision import cpu_flags, resolve_precision
 from tests.helpers import QUICK
 
 
-@pytest.mark.cli
+@pytest.mark.e2e  # on the baseline pipeline's prepared data (`built`)
 def test_training_benchmark_reports_each_setup_and_target(built):
     printed = built.run(
         sys.executable, "-m", "benchmarks.train_speed", "--seeds", "1", "--output", "bench.json"

@@ -12,12 +12,13 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from mnist_cnn.errors import PipelineError
+from mnist_cnn.exports import canonical_names, export_files, float32_copy
 from mnist_cnn.model import build_model, save_model
 from mnist_cnn.params import parse_params
-from mnist_cnn.parity import check_parity, parity
-from mnist_cnn.serving import canonical_names, float32_copy
+from mnist_cnn.parity import check_parity, compare
 from tests.helpers import (
     TINY_MODEL,
+    dtype_policy,
     error_line,
     params_with,
     run_stage_cli,
@@ -25,33 +26,26 @@ from tests.helpers import (
     write_tiny_data,
 )
 
-OUTPUTS = [
-    "models/saved_model",
-    "models/model.onnx",
-    "models/model.tflite",
-    "models/exports.json",
-    "metrics/export.json",
-]
+PATHS = parse_params(params_with({})).paths
+# Where each format goes, from dvc.yaml, then the stage's two reports.
+FILES = export_files(PATHS)
+OUTPUTS = [*map(str, FILES.values()), str(PATHS.export_details), str(PATHS.export_metrics)]
 
 
 @pytest.fixture
 def mixed_precision():
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
+    with dtype_policy("mixed_bfloat16"):
+        yield
 
 
 def tiny_project(folder: Path, precision: str, changes: dict | None = None) -> dict:
     """params.yaml, tiny data and an untrained tiny model saved as the train stage saves it."""
     params = write_params(folder, {**TINY_MODEL, **(changes or {})})
     write_tiny_data(folder, params)
-    keras.mixed_precision.set_dtype_policy(precision)
-    try:
+    with dtype_policy(precision):
         keras.utils.set_random_seed(1)
         model = build_model(parse_params(params).model)
         save_model(model, folder / params["paths"]["model"])
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
     return params
 
 
@@ -102,11 +96,11 @@ def test_export_writes_the_same_bytes_in_every_process(tmp_path):
         "agreement": 1.0,
         "max_probability_difference": 0.0,
     }
-    paths = {"saved_model": OUTPUTS[0], "onnx": OUTPUTS[1], "tflite": OUTPUTS[2]}
-    for name, path in paths.items():
+    for name, path in FILES.items():
         assert metrics[name]["agreement"] == 1.0
         assert 0 <= metrics[name]["max_probability_difference"] < 1e-4
-        files = [tmp_path / path] if name != "saved_model" else list((tmp_path / path).rglob("*"))
+        written = tmp_path / path
+        files = list(written.rglob("*")) if written.is_dir() else [written]
         assert metrics[name]["size_bytes"] == sum(f.stat().st_size for f in files if f.is_file())
 
 
@@ -135,7 +129,7 @@ def test_a_mixed_precision_model_exports_to_float32_files(tmp_path, precision):
     # The exports match the float32 copy they are made from; the Keras model computes in 16
     # bits: close to them, not equal.
     metrics = json.loads((tmp_path / "models/exports.json").read_text())
-    for name in ("saved_model", "onnx", "tflite"):
+    for name in FILES:
         assert metrics[name]["agreement"] == 1.0
         assert metrics[name]["max_probability_difference"] < 1e-4
     assert 0 < metrics["float32_vs_training_precision"]["max_probability_difference"] < 0.01
@@ -149,8 +143,7 @@ def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp
     recorded: no image agrees."""
     params = tiny_project(tmp_path, "mixed_bfloat16", {"export.min_agreement": 1.0})
     model_path = tmp_path / params["paths"]["model"]
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = keras.saving.load_model(model_path)
         model.set_weights([np.zeros_like(weight) for weight in model.get_weights()])
         hidden, output = model.layers[-3], model.layers[-1]
@@ -162,8 +155,6 @@ def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp
         assert model(images).numpy().argmax() == 0
         assert float32_copy(model)(images).numpy().argmax() == 1
         save_model(model, model_path)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
 
     result = run_stage_cli("export", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -173,7 +164,7 @@ def test_the_parity_check_measures_the_conversion_not_the_training_precision(tmp
     }
     metrics = json.loads((tmp_path / "models/exports.json").read_text())
     assert metrics["float32_vs_training_precision"]["agreement"] == 0.0
-    for name in ("saved_model", "onnx", "tflite"):
+    for name in FILES:
         assert metrics[name]["agreement"] == 1.0
 
 
@@ -181,7 +172,7 @@ def test_parity_counts_the_images_whose_digit_differs():
     reference = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
     candidate = reference.copy()
     candidate[3] = np.eye(10)[5] * 0.6 + np.eye(10)[4] * 0.4  # digit 4 becomes 5
-    result = parity(reference, candidate)
+    result = compare(reference, candidate)
     assert result == {"agreement": 0.75, "max_probability_difference": 0.6}
     check_parity(Path("models/model.onnx"), result, min_agreement=0.75)
     with pytest.raises(PipelineError) as failure:

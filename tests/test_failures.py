@@ -21,12 +21,12 @@ from mnist_cnn.files import write_json
 from mnist_cnn.model import build_model, load_model, save_model
 from mnist_cnn.params import parse_params
 from tests.helpers import (
-    PROJECT_ROOT,
     TINY_MODEL,
     copy_project,
     error_line,
     idx_images,
     idx_labels,
+    project_environment,
     run_script,
     run_stage_cli,
     write_gz,
@@ -379,7 +379,7 @@ def test_ctrl_c_stops_training_in_one_line(tmp_path):
     stage = subprocess.Popen(
         [sys.executable, "-m", "stages.train"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"},
+        env=project_environment(PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -401,7 +401,7 @@ def ctrl_c_while_importing(command: list[str], folder: Path) -> subprocess.Compl
     program = subprocess.Popen(
         [sys.executable, *command],
         cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env=project_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -440,7 +440,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "stages.preprocess"],
             cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            env=project_environment(),
             capture_output=True,
             preexec_fn=lambda umask=umask: os.umask(umask),
         )

@@ -14,7 +14,13 @@ import yaml
 
 from mnist_cnn.model import build_model, save_model
 from mnist_cnn.params import parse_params
-from tests.helpers import PROJECT_ROOT, TINY_MODEL, documented_code_block, params_with
+from tests.helpers import (
+    PROJECT_ROOT,
+    STAGES,
+    TINY_MODEL,
+    documented_code_block,
+    params_with,
+)
 
 PACKAGES = ("mnist_cnn", "stages")
 
@@ -101,7 +107,7 @@ def test_stages_folder_holds_exactly_the_pipelines_stages():
     assert modules == {*pipeline(), "__init__"}
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate", "export"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_depends_on_exactly_the_code_it_runs(stage):
     definition = pipeline()[stage]
     assert definition["cmd"] == f"python -m stages.{stage}"

@@ -25,6 +25,7 @@ from tests.helpers import (
     copy_project,
     documented_line,
     error_line,
+    project_environment,
     run_command,
     run_stage_cli,
     write_params,
@@ -271,7 +272,7 @@ def test_many_images_show_their_progress_on_a_terminal(project, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mnist_cnn", "predict", *[str(image)] * 100],
         cwd=project,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env=project_environment(),
         stdout=subprocess.PIPE,
         stderr=follower,
         text=True,

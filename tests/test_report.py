@@ -9,7 +9,7 @@ import subprocess
 import markdown_it
 import pytest
 
-from mnist_cnn.report import report as markdown_report
+from mnist_cnn.report import markdown as markdown_report
 from tests.helpers import (
     PROJECT_ROOT,
     copy_project,

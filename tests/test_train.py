@@ -16,17 +16,13 @@ from mnist_cnn.history import CURVE_COLUMNS
 from mnist_cnn.inputs import random_affine
 from mnist_cnn.model import build_model, renumber_shared_objects
 from mnist_cnn.params import parse_params
+from mnist_cnn.precision import compute_capability, cpu_flags, resolve_precision
 from mnist_cnn.runner import run_command
-from mnist_cnn.tensorflow_setup import (
-    available_cores,
-    compute_capability,
-    cpu_flags,
-    onednn_lacks_bfloat16,
-    resolve_precision,
-)
+from mnist_cnn.tensorflow_setup import available_cores, onednn_lacks_bfloat16
 from mnist_cnn.training import learning_rate_schedule, make_optimizer, train
 from tests.helpers import (
     TINY_MODEL,
+    dtype_policy,
     params_with,
     run_script,
     run_stage_cli,
@@ -224,12 +220,9 @@ def test_only_float16_training_scales_the_loss(tmp_path, precision):
         key: read_npz(tmp_path / getattr(params.paths, key))
         for key in ("train_data", "validation_data")
     }
-    keras.mixed_precision.set_dtype_policy(precision)
-    try:
+    with dtype_policy(precision):
         model = build_model(params.model)
         history = train(model, data["train_data"], data["validation_data"], params.train, 0, 0)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
     loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert loss_scaled == (precision == "mixed_float16")
     assert np.isfinite(history["loss"]).all()
@@ -481,9 +474,16 @@ def interrupt_turned_into_import_error() -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as intended
 @pytest.mark.parametrize("main", [interrupt_swallowed, interrupt_turned_into_import_error])
 def test_ctrl_c_is_interrupted_whatever_a_library_made_of_it(capsys, main):
-    assert run_command(main, "export") == 130
-    assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's, back
+    def callers_handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, callers_handler)
+    try:
+        assert run_command(main, "export") == 130
+        assert capsys.readouterr().err.splitlines()[-1] == "interrupted"
+        assert signal.getsignal(signal.SIGINT) is callers_handler  # the caller's, back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def centroid(image: np.ndarray) -> np.ndarray:

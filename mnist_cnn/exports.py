@@ -1,31 +1,42 @@
-"""The model for serving, in three formats made from one float32 function: a SavedModel
-(TensorFlow Serving), an ONNX model (onnxruntime) and a TFLite model (LiteRT), each written so
-that equal weights give equal bytes.
+"""The exports: the model for serving in three formats made from one float32 function, a
+SavedModel (TensorFlow Serving), an ONNX model (onnxruntime) and a TFLite model (LiteRT), each
+written so that equal weights give equal bytes, and each run in its own runtime.
 
 All three compute in float32, whatever precision trained the model, and have one signature:
 input `images`, float32 [N, 28, 28, 1], raw 0-255 pixels (white ink on black, as MNIST);
 output `probabilities`, float32 [N, 10].
+
+Each format is one record, ExportFormat, in FORMATS: the export stage, the parity check, the
+latency benchmark and the tests loop over them.
 """
 
 import hashlib
 import logging
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import onnx
+import onnxruntime
 import tensorflow as tf
 import tf2onnx
+from ai_edge_litert.interpreter import Interpreter
 from tensorflow.core.protobuf import fingerprint_pb2
 
 from mnist_cnn import mnist
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.params import PathsParams
+from mnist_cnn.tensorflow_setup import available_cores
 
 SIGNATURE = "serving_default"
 INPUT = "images"
 OUTPUT = "probabilities"
-FORMATS = ("saved_model", "onnx", "tflite")
+
+# Probabilities [N, 10] of float32 images [N, 28, 28, 1]: a format run in its runtime.
+Predict = Callable[[np.ndarray], np.ndarray]
 
 # What the converters and LiteRT print on every run: notes, not problems.
 CONVERTER_NOISE = re.compile(
@@ -34,15 +45,6 @@ CONVERTER_NOISE = re.compile(
     r"|fingerprinting\.cc|loader\.cc|tf_tfl_flatbuffer_helpers\.cc|flatbuffer_export\.cc"
     r"|Created TensorFlow Lite XNNPACK delegate"
 )
-
-
-def export_files(paths: PathsParams) -> dict[str, Path]:
-    """Where each format goes, keyed as FORMATS."""
-    return {
-        "saved_model": paths.saved_model,
-        "onnx": paths.onnx_model,
-        "tflite": paths.tflite_model,
-    }
 
 
 def float32_config(config: object) -> object:
@@ -94,7 +96,9 @@ def stable_fingerprint(data: bytes) -> bytes:
     return fingerprint.SerializeToString(deterministic=True)
 
 
-def save_saved_model(serving: tf.Module, path: Path) -> None:
+def write_saved_model(
+    serving: tf.Module, path: Path, made: Mapping[str, Path], opset: int
+) -> None:
     try:
         tf.saved_model.save(serving, str(path), signatures={SIGNATURE: serving.serve})
     except tf.errors.OpError as error:  # TensorFlow's own file system: a full disk lands here
@@ -142,19 +146,75 @@ def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def onnx_bytes(serving: tf.Module, opset: int) -> bytes:
+def write_onnx(serving: tf.Module, path: Path, made: Mapping[str, Path], opset: int) -> None:
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # it logs each step at INFO
     model, _ = tf2onnx.convert.from_function(
         serving.serve, input_signature=serving.serve.input_signature, opset=opset
     )
     model = canonical_names(model)
     onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString(deterministic=True)
+    path.write_bytes(model.SerializeToString(deterministic=True))
 
 
-def tflite_bytes(saved_model: Path) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), [SIGNATURE])
-    return converter.convert()
+def write_tflite(serving: tf.Module, path: Path, made: Mapping[str, Path], opset: int) -> None:
+    """Converted from the SavedModel written before it."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(made["saved_model"]), [SIGNATURE])
+    path.write_bytes(converter.convert())
+
+
+def run_saved_model(path: Path, threads: int) -> Predict:
+    """In TensorFlow (its threads are the process's, set by make_deterministic)."""
+    serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    return lambda x: serve(**{INPUT: tf.constant(x)})[OUTPUT].numpy()
+
+
+def run_onnx(path: Path, threads: int) -> Predict:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default, every core
+    session = onnxruntime.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"]
+    )
+    return lambda x: session.run([OUTPUT], {INPUT: x})[0]
+
+
+def run_tflite(path: Path, threads: int) -> Predict:
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or available_cores())
+    tflite = interpreter.get_signature_runner(SIGNATURE)
+    return lambda x: tflite(**{INPUT: x})[OUTPUT]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One format the export stage writes. A new format is one record in FORMATS, its path in
+    dvc.yaml (vars: paths, the export stage's outs, an artifact), its runtime's package in
+    requirements.in and its row in docs/serving.md."""
+
+    name: str  # its key in models/exports.json
+    title: str  # how a table names it: the format, then its runtime
+    path_key: str  # its entry in dvc.yaml's vars: paths
+    # Writes the format of the serving module to a path; `made`: the formats written before
+    # it (FORMATS' order), the ONNX opset. Equal weights must give equal bytes.
+    write: Callable[[tf.Module, Path, Mapping[str, Path], int], None]
+    # Its runtime, loaded from a path, with a number of threads (0: every core).
+    run: Callable[[Path, int], Predict]
+
+    def path(self, paths: PathsParams) -> Path:
+        """Where the pipeline keeps it."""
+        return getattr(paths, self.path_key)
+
+
+FORMATS = (
+    ExportFormat(
+        "saved_model", "SavedModel (TensorFlow)", "saved_model", write_saved_model, run_saved_model
+    ),
+    ExportFormat("onnx", "ONNX (onnxruntime)", "onnx_model", write_onnx, run_onnx),
+    ExportFormat("tflite", "TFLite (LiteRT)", "tflite_model", write_tflite, run_tflite),
+)
+
+
+def export_files(paths: PathsParams) -> dict[str, Path]:
+    """Where each format goes, by name."""
+    return {export.name: export.path(paths) for export in FORMATS}
 
 
 def size_bytes(path: Path) -> int:
@@ -163,16 +223,14 @@ def size_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def make_exports(model: keras.Model, folder: Path, onnx_opset: int) -> dict[str, Path]:
-    """Write the three formats of the float32 `model` into `folder`; return them keyed as
-    FORMATS."""
+def make_exports(
+    model: keras.Model, folder: Path, paths: PathsParams, onnx_opset: int
+) -> dict[str, Path]:
+    """Write every format of the float32 `model` into `folder`, each under the name the
+    pipeline gives it; return them by name."""
     serving = serving_module(model)
-    made = {
-        "saved_model": folder / "saved_model",
-        "onnx": folder / "model.onnx",
-        "tflite": folder / "model.tflite",
-    }
-    save_saved_model(serving, made["saved_model"])
-    made["onnx"].write_bytes(onnx_bytes(serving, onnx_opset))
-    made["tflite"].write_bytes(tflite_bytes(made["saved_model"]))
+    made: dict[str, Path] = {}
+    for export in FORMATS:
+        made[export.name] = folder / export.path(paths).name
+        export.write(serving, made[export.name], made, onnx_opset)
     return made
