@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 
 from mnist_cnn.errors import PipelineError, one_line, out_of_memory
-from mnist_cnn.params import changed_since_read
 
 # The shell's convention for a process stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED_EXIT = 130
@@ -21,6 +20,10 @@ ONEDNN_WITHOUT_KERNEL = "could not create a primitive descriptor"
 def run_stage(main: Callable[[], None], name: str) -> int:
     """Run a stage of dvc.yaml as `run_command` does, and fail it if params.yaml changed while
     it ran: DVC records a stage's params from the file as it is when the stage ends."""
+
+    # Imported here, not above: the package's __init__ imports this module first thing, to set
+    # the Ctrl-C handler, and the params schema (pydantic) would add 0.3 s before it.
+    from mnist_cnn.params import changed_since_read
 
     def stage() -> None:
         main()
