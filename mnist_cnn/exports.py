@@ -186,8 +186,8 @@ def run_tflite(path: Path, threads: int) -> Predict:
 @dataclass(frozen=True)
 class ExportFormat:
     """One format the export stage writes. A new format is one record in FORMATS, its path in
-    dvc.yaml (vars: paths, the export stage's outs, an artifact), its runtime's package in
-    requirements.in and its row in docs/serving.md."""
+    dvc.yaml (vars: paths, the export stage's outs, an artifact) and in params.py's PathsParams,
+    its runtime's package in requirements.in and its row in docs/serving.md."""
 
     name: str  # its key in models/exports.json
     title: str  # how a table names it: the format, then its runtime

@@ -27,22 +27,36 @@ def plot_confusion_matrix(counts: np.ndarray) -> Figure:
 def plot_image_grid(
     images: np.ndarray, actual: np.ndarray, predicted: np.ndarray, title: str
 ) -> Figure:
-    """Images with 'predicted (true)' captions; wrong predictions in red."""
+    """Images with 'predicted (true)' captions; wrong predictions in red.
+
+    Drawn as one picture of all the digits, in one Axes: a grid of Axes, one per digit, took
+    ten times as long to draw, most of the evaluate stage's own time."""
+    side = images.shape[1]
     columns = min(len(images), 5) or 1
     rows = max(1, -(-len(images) // columns))
-    figure = Figure(figsize=(2 * columns, 2.2 * rows + 0.4))
+    gap, caption = 4, 9  # pixels between digits, and above each for its caption
+    cell_width, cell_height = side + gap, side + caption + gap
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), images.dtype)
+    height = 2.2 * rows + 0.4  # inches: 0.4 for the title
+    figure = Figure(figsize=(2 * columns, height))
     figure.suptitle(title)
-    for index, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        axes.axis("off")
-        if index < len(images):
-            axes.imshow(images[index], cmap="gray_r")
-            right = actual[index] == predicted[index]
-            axes.set_title(
-                f"{predicted[index]} (true {actual[index]})",
-                color="black" if right else "red",
-                fontsize=10,
-            )
-    figure.tight_layout()
+    axes = figure.add_axes((0.02, 0.02, 0.96, 0.96 - 0.4 / height))
+    axes.axis("off")
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + caption, column * cell_width + gap // 2
+        mosaic[top : top + side, left : left + side] = image
+        right = actual[index] == predicted[index]
+        axes.text(
+            left + side / 2,
+            top - 2,
+            f"{predicted[index]} (true {actual[index]})",
+            ha="center",
+            va="bottom",
+            color="black" if right else "red",
+            fontsize=10,
+        )
+    axes.imshow(mosaic, cmap="gray_r")
     return figure
 
 
