@@ -1,6 +1,6 @@
 """Latency of the model in each format the export stage writes, side by side on this machine.
 
-    python -m benchmarks.export_latency [--repeats N] [--threads N]
+    python -m benchmarks.export_latency [--repeats N] [--threads N] [--output FILE.json]
 
 Needs the exports (`dvc repro export`). For each format: the median and 90th percentile time
 of one call on one image (what a server answering one request at a time sees), and the time
@@ -9,12 +9,15 @@ this process, each on the same images, each warmed up first.
 """
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.machine import describe
 from mnist_cnn.exports import FORMATS, Predict
 from mnist_cnn.files import read_npz
 from mnist_cnn.model import load_model
@@ -60,6 +63,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=500, help="single-image calls per format")
     parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--output", type=Path, help="write the figures here as JSON")
     arguments = parser.parse_args()
 
     images = read_npz(load_params().paths.test_data)["images"]
@@ -71,12 +75,22 @@ def main() -> None:
     )
     print("| format | 1 image: median | 1 image: p90 | per image, batches of 1,000 |")
     print("|---|---|---|---|")
+    formats = {}
     for name, predict in runners(arguments.threads).items():
-        figures = measure(predict, singles, batched)
+        figures = formats[name] = measure(predict, singles, batched)
         print(
             f"| {name} | {figures['median_ms']:.2f} ms | {figures['p90_ms']:.2f} ms"
             f" | {figures['batched_us']:.0f} µs |"
         )
+    if arguments.output:
+        summary = {
+            "machine": describe(),
+            "threads": arguments.threads,
+            "single_image_calls": arguments.repeats,
+            "batched_images": len(images),
+            "formats": formats,
+        }
+        arguments.output.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ precision `auto` picks on this machine, and forced to float32; where `auto` is f
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -249,12 +248,10 @@ def main() -> None:
         run_one(args.child, args.child_seed, args.child_result)
         return
 
-    import tensorflow as tf
+    from benchmarks.machine import describe
 
-    from mnist_cnn.precision import cpu_flags, cpuinfo_field, gpu_capabilities, resolve_precision
-    from mnist_cnn.tensorflow_setup import available_cores
-
-    auto = resolve_precision("auto", cpu_flags(), gpu_capabilities())
+    machine = describe()
+    auto = machine["auto_precision"]
     setups = ["reference"] + [name for name in args.setups if name != "reference"]
     # Where auto is float32, forcing float32 runs the very same computation: measured once.
     same_runs = {"defaults-float32": "defaults"} if auto == "float32" else {}
@@ -276,16 +273,7 @@ def main() -> None:
         if name in setups and same in setups:
             runs[name] = runs[same]
     summary = {
-        "machine": {
-            "cpu": cpuinfo_field("model name") or platform.processor() or "unknown",
-            "cpu_family_model": [cpuinfo_field("cpu family"), cpuinfo_field("model")],
-            "bfloat16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
-            "avx512f": "avx512f" in cpu_flags(),
-            "auto_precision": auto,
-            "cores": available_cores(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-        },
+        "machine": machine,
         "seeds": args.seeds,
         "setups": {
             name: {"description": SETUPS[name], **summarize(results)}
