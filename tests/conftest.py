@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ from mnist_cnn.errors import PipelineError
 from mnist_cnn.fetch import MIRROR_ENV
 from mnist_cnn.params import Params, parse_params
 from tests.helpers import (
+    CHANGES,
     PROJECT_ROOT,
     STAGES,
     FileServer,
@@ -100,24 +102,67 @@ def built(baseline, tmp_path, mnist_dir) -> Repo:
     return copy_repository(baseline, tmp_path / "project", {MIRROR_ENV: str(mnist_dir)})
 
 
+@pytest.fixture(scope="session")
+def changed(tmp_path_factory, baseline, mnist_dir) -> Path:
+    """The baseline changed twice, as a user would, and run after each change (once per test
+    session): first `evaluate.sample_images` (committed, results too), then `train.epochs`
+    1 -> 2 (run, not committed). What each `dvc repro` ran is in ran.json beside the project:
+    the tests of a change check it, and work on a copy of the project (`a_change`)."""
+
+    def build(folder: Path) -> None:
+        repo = copy_repository(baseline, folder / "project", {MIRROR_ENV: str(mnist_dir)})
+        ran = {"nothing": repo.repro()}
+        for name, changes in CHANGES.items():
+            repo.set_params(changes)
+            ran[name] = repo.repro()
+            if name != list(CHANGES)[-1]:
+                repo.commit(f"{name} changed")
+        (folder / "ran.json").write_text(json.dumps(ran))
+
+    return built_once(tmp_path_factory, "changed", build)
+
+
+@pytest.fixture
+def a_change(changed, tmp_path, mnist_dir) -> Repo:
+    """A copy of `changed`: the baseline with `train.epochs` changed to 2 and run, not
+    committed, on top of a committed change of `evaluate.sample_images`."""
+    return copy_repository(changed / "project", tmp_path / "project", {MIRROR_ENV: str(mnist_dir)})
+
+
 KINDS = ("e2e", "network", "cli")  # the markers of pyproject.toml besides unit, slowest first
+SHARED = ("changed", "baseline")  # the pipelines built once, each after the one it starts from
 
 
 def kind_rank(item: pytest.Item) -> int:
     return next((rank for rank, kind in enumerate(KINDS) if item.get_closest_marker(kind)), 3)
 
 
+def run_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The slowest kinds first. Among the end-to-end and network tests: first one that builds
+    the shared pipelines (`changed`, and the baseline it starts from); then, while it builds,
+    those that need neither; then those that need the baseline; then the rest of those that
+    need `changed`, built by then."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        kind = kind_rank(item)
+        if kind > KINDS.index("network"):
+            return kind, 0
+        needs = next((name for name in SHARED if name in item.fixturenames), None)
+        return 0, {None: 0, "baseline": 1, "changed": 2}[needs]
+
+    ordered = sorted(items, key=rank)  # stable: each kind keeps its files' order
+    builder = next((item for item in ordered if SHARED[0] in item.fixturenames), None)
+    return ordered if builder is None else [builder, *(i for i in ordered if i is not builder)]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test marked with no kind is a unit test: in-process, seconds (`pytest -m unit`, the
     fast tier).
 
-    The slowest kinds run first. Under `pytest -n N`, xdist's worksteal gives each worker a
-    contiguous 1/N of this list: so the tests are dealt out like cards, every worker's share
-    starting with its part of the slow ones (sorted alone, the first worker got every e2e test
-    and ran them one after another)."""
+    Under `pytest -n N`, xdist's load scheduling (`--dist load --maxschedchunk 1`, in
+    pyproject.toml) hands each worker the next test in this order whenever it has fewer than
+    two waiting: slowest first, so that the short ones fill the end."""
     for item in items:
         if kind_rank(item) == len(KINDS):
             item.add_marker(pytest.mark.unit)
-    ordered = sorted(items, key=kind_rank)  # stable: each kind keeps its files' order
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    items[:] = [item for share in range(workers) for item in ordered[share::workers]]
+    items[:] = run_order(items)

@@ -131,6 +131,14 @@ QUICK = {
 }
 
 
+# The changes the `changed` fixture makes to the quick params, one after the other (each with
+# the ones before it), by what they change: for the tests of a change.
+CHANGES = {
+    "evaluate.sample_images": {"evaluate.sample_images": 5},
+    "train.epochs": {"evaluate.sample_images": 5, "train.epochs": 2},
+}
+
+
 @contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
     """Keras' global dtype policy set to `precision` for the block, and float32 again after it,
