@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import signal
@@ -130,7 +131,8 @@ def a_change(changed, tmp_path, mnist_dir) -> Repo:
 
 
 KINDS = ("e2e", "network", "cli")  # the markers of pyproject.toml besides unit, slowest first
-SHARED = ("changed", "baseline")  # the pipelines built once, each after the one it starts from
+# The fixtures built once per session (helpers.built_once), each before the one it starts from.
+BUILT_ONCE = ("changed", "baseline", "project")
 
 
 def kind_rank(item: pytest.Item) -> int:
@@ -138,21 +140,36 @@ def kind_rank(item: pytest.Item) -> int:
 
 
 def run_order(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The slowest kinds first. Among the end-to-end and network tests: first one that builds
-    the shared pipelines (`changed`, and the baseline it starts from); then, while it builds,
-    those that need neither; then those that need the baseline; then the rest of those that
-    need `changed`, built by then."""
+    """The slowest kinds first, the end-to-end and network tests together (the network tests
+    mostly wait). Within each: first a test that builds each shared pipeline no kind before
+    has built (for the end-to-end tests `changed`, and the baseline it starts from); then,
+    while it builds, the tests that need none; then the others, the baseline's before
+    changed's. So no worker waits for another's build."""
 
-    def rank(item: pytest.Item) -> tuple[int, int]:
+    def group(item: pytest.Item) -> int:
         kind = kind_rank(item)
-        if kind > KINDS.index("network"):
-            return kind, 0
-        needs = next((name for name in SHARED if name in item.fixturenames), None)
-        return 0, {None: 0, "baseline": 1, "changed": 2}[needs]
+        return 0 if kind <= KINDS.index("network") else kind
 
-    ordered = sorted(items, key=rank)  # stable: each kind keeps its files' order
-    builder = next((item for item in ordered if SHARED[0] in item.fixturenames), None)
-    return ordered if builder is None else [builder, *(i for i in ordered if i is not builder)]
+    def shared(item: pytest.Item) -> list[str]:
+        return [name for name in BUILT_ONCE if name in item.fixturenames]
+
+    def needs(item: pytest.Item) -> int:
+        """0: no shared pipeline; else the deeper the pipeline, the higher."""
+        names = shared(item)
+        return len(BUILT_ONCE) - BUILT_ONCE.index(names[0]) if names else 0
+
+    ordered: list[pytest.Item] = []
+    built: set[str] = set()
+    for _, tests in itertools.groupby(sorted(items, key=lambda i: (group(i), needs(i))), group):
+        tests = list(tests)  # stable: each file's order kept
+        builders = []
+        for name in BUILT_ONCE:
+            builder = next((test for test in tests if shared(test)[:1] == [name]), None)
+            if name not in built and builder:
+                builders.append(builder)
+                built.update(shared(builder))  # `changed` builds the baseline too
+        ordered += builders + [test for test in tests if test not in builders]
+    return ordered
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
