@@ -21,7 +21,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import Repo, copy_repository, documented_code_block
+from tests.helpers import CHANGES, Repo, copy_repository, documented_code_block
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +100,28 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir, baseline) -> Team:
     return team
 
 
+# A param set the remote has never seen, run elsewhere: the tests of a change ran it (`changed`).
+RUN_ELSEWHERE = CHANGES["train.epochs"]
+
+
+def clone_that_ran_elsewhere(team: Team, changed: Path, name: str) -> Repo:
+    """Teammate A's clone of origin on a machine that has run RUN_ELSEWHERE: its DVC cache and
+    run-cache are `changed`'s. Training is what the tests of a change already paid for; these
+    tests check what travels."""
+    a = team.clone(name)
+    shutil.copytree(changed / "project/.dvc/cache", a.root / ".dvc/cache", dirs_exist_ok=True)
+    return a
+
+
+def ran_elsewhere(team: Team, changed: Path, name: str) -> Repo:
+    """Teammate A's clone with RUN_ELSEWHERE's results in the workspace, restored from the
+    run-cache."""
+    a = clone_that_ran_elsewhere(team, changed, name)
+    a.set_params(RUN_ELSEWHERE)
+    assert a.repro() == []  # all restored
+    return a
+
+
 def test_teammate_pulls_results_instead_of_rerunning(team):
     a = Repo(team.workdir / "a", team.env)
     b = team.clone("b-pull")
@@ -110,34 +132,34 @@ def test_teammate_pulls_results_instead_of_rerunning(team):
     assert b.results() == a.results()
 
 
-def test_run_cache_shares_a_param_set_run_elsewhere(team):
-    a = team.clone("a-run-cache")
-    a.dvc("pull")
-    a.set_params({"train.epochs": 2})
-    assert a.repro() == ["train", "evaluate", "export"]
+def test_run_cache_shares_a_param_set_run_elsewhere(team, changed):
+    a = ran_elsewhere(team, changed, "a-run-cache")
     a.dvc("push")
     pushed = a.run(sys.executable, "-m", "mnist_cnn", "push-run-cache").stdout
-    assert re.fullmatch(r"pushed 3 run record\(s\) and [1-9]\d* new file\(s\); skipped 0\n", pushed)
+    records = len(a.run_records())  # the baseline's, already on the remote, and the new ones
+    assert re.fullmatch(
+        rf"pushed {records} run record\(s\) and [1-9]\d* new file\(s\); skipped 0\n", pushed
+    )
 
     # `dvc pull --run-cache` brings the run records (a few hundred bytes each), not the files
     # they name; `dvc repro --pull` fetches those it needs and restores the stages.
     b = team.clone("b-run-cache")
     b.dvc("pull")
-    b.set_params({"train.epochs": 2})
+    b.set_params(RUN_ELSEWHERE)
     b.dvc("pull", "--run-cache")
     assert a.run_records() <= b.run_records()
-    assert b.repro("--pull") == []  # train and evaluate restored, not run
+    assert b.repro("--pull") == []  # train, evaluate and export restored, not run
     assert b.results() == a.results()
     assert b.read("models/model.keras") == a.read("models/model.keras")
 
     # In one command, from a clone that has pulled nothing.
     c = team.clone("c-run-cache")
-    c.set_params({"train.epochs": 2})
+    c.set_params(RUN_ELSEWHERE)
     assert c.repro("--pull") == []
     assert c.results() == a.results()
 
 
-def test_experiments_travel_through_origin(team):
+def test_experiments_travel_through_origin(team, changed):
     """The docs' lines as written, the teammate's HEAD past the experiment's commit: plain
     `dvc exp show` lists only experiments made from HEAD, `-A` lists it."""
     push, pull, show, apply = [
@@ -145,9 +167,10 @@ def test_experiments_travel_through_origin(team):
         for line in documented_code_block("dvc exp push origin").splitlines()
     ]
     name = push[-1]
-    a = team.clone("a-exp")
-    a.dvc("pull")
-    a.dvc("exp", "run", "-n", name, "-S", "train.epochs=2", "-S", "train.batch_size=32")
+    a = clone_that_ran_elsewhere(team, changed, "a-exp")
+    settings = [arg for key, value in RUN_ELSEWHERE.items() for arg in ("-S", f"{key}={value}")]
+    ran = a.dvc("exp", "run", "-n", name, *settings)
+    assert re.findall(r"Running stage '(\w+)'", ran) == []  # restored from the run-cache
     a.run(*push)
     pushed = {path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")}
 
@@ -277,6 +300,13 @@ def lock_entry(repo: Repo, stage: str, path: str) -> dict:
     return next(out for out in lock["stages"][stage]["outs"] if out["path"] == path)
 
 
+def saved_model_files(repo: Repo, lock: str | bytes) -> list[dict]:
+    """The files of the SavedModel folder a dvc.lock names, as DVC's cache lists them."""
+    outs = yaml.safe_load(lock)["stages"]["export"]["outs"]
+    folder = next(out for out in outs if out["path"] == "models/saved_model")["md5"]
+    return json.loads(repo.read(f".dvc/cache/files/md5/{folder[:2]}/{folder[2:]}"))
+
+
 def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     """`verify = true` (the README's set-up): DVC re-hashes what it downloads. A model whose
     object was damaged on the remote is not checked out, nor kept under its name in the cache."""
@@ -301,21 +331,22 @@ def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     assert b.read("data/prepared/test.npz") == a.read("data/prepared/test.npz")  # the rest came
 
 
-def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
+def test_push_run_cache_skips_a_record_with_a_file_missing_here(team, changed):
     """A file of the SavedModel folder gone from the local cache: the export's record is not
     pushed (it would name a file the remote lacks), the line says so, the others go."""
-    a = team.clone("a-missing")
-    a.dvc("pull")
-    a.set_params({"train.epochs": 3})
-    assert a.repro() == ["train", "evaluate", "export"]
+    a = ran_elsewhere(team, changed, "a-missing")
+    # A remote folder of its own: what the other tests push is not there.
+    a.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/missing")
     a.dvc("push")
-    folder = lock_entry(a, "export", "models/saved_model")["md5"]
-    listing = json.loads(a.read(f".dvc/cache/files/md5/{folder[:2]}/{folder[2:]}"))
-    lost = listing[0]
+    files = saved_model_files(a, a.read("dvc.lock"))
+    (lost,) = [file for file in files if file["relpath"].startswith("variables/variables.data")]
+    committed = saved_model_files(a, a.run("git", "show", "HEAD:dvc.lock").stdout)
+    assert lost["md5"] not in [file["md5"] for file in committed]  # the weights of this run only
     (a.root / f".dvc/cache/files/md5/{lost['md5'][:2]}/{lost['md5'][2:]}").unlink()
 
     pushed = a.run(sys.executable, "-m", "mnist_cnn", "push-run-cache").stdout.splitlines()
-    assert pushed[-1].startswith("pushed 2 run record(s) and ") and pushed[-1].endswith(
+    others = len(a.run_records()) - 1
+    assert pushed[-1].startswith(f"pushed {others} run record(s) and ") and pushed[-1].endswith(
         "; skipped 1"
     )
     assert re.fullmatch(
@@ -325,7 +356,8 @@ def test_push_run_cache_skips_a_record_with_a_file_missing_here(team):
     )
 
     b = team.clone("b-missing")
-    b.set_params({"train.epochs": 3})
+    b.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/missing")
+    b.set_params(RUN_ELSEWHERE)
     b.dvc("pull", "--run-cache")
     assert b.repro("--pull") == ["export"]  # train and evaluate restored
 
