@@ -409,8 +409,8 @@ def test_a_silent_remote_fails_within_the_timeouts(team, silent_server):
     repo = Repo(team.workdir / "silent", team.env)
     shutil.copytree(team.workdir / "a", repo.root)  # A's cache: every record with its files
     repo.dvc("remote", "modify", "storage", "endpointurl", silent_server.url)
-    repo.dvc("remote", "modify", "storage", "read_timeout", "2")
-    repo.dvc("remote", "modify", "storage", "connect_timeout", "2")
+    repo.dvc("remote", "modify", "storage", "read_timeout", "1")
+    repo.dvc("remote", "modify", "storage", "connect_timeout", "1")
     # The documented configpath, .dvc/aws-config: botocore tries once, s3fs five times.
     failed = repo.run(sys.executable, "-m", "dvc", "push", check=False)
     assert failed.returncode != 0 and "Read timeout on endpoint URL" in failed.stderr
