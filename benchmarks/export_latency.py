@@ -18,12 +18,12 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.machine import describe
-from mnist_cnn.exports import FORMATS, Predict
+from mnist_cnn.exports import CONVERTER_NOISE, FORMATS, Predict
 from mnist_cnn.files import read_npz
 from mnist_cnn.model import load_model
 from mnist_cnn.params import load_params
 from mnist_cnn.parity import batches
-from mnist_cnn.tensorflow_setup import available_cores
+from mnist_cnn.tensorflow_setup import available_cores, native_stderr_filtered
 
 
 def runners(threads: int) -> dict[str, Predict]:
@@ -76,12 +76,14 @@ def main() -> None:
     print("| format | 1 image: median | 1 image: p90 | per image, batches of 1,000 |")
     print("|---|---|---|---|")
     formats = {}
-    for name, predict in runners(arguments.threads).items():
-        figures = formats[name] = measure(predict, singles, batched)
-        print(
-            f"| {name} | {figures['median_ms']:.2f} ms | {figures['p90_ms']:.2f} ms"
-            f" | {figures['batched_us']:.0f} µs |"
-        )
+    with native_stderr_filtered(CONVERTER_NOISE):  # LiteRT's note on each interpreter
+        for name, predict in runners(arguments.threads).items():
+            figures = formats[name] = measure(predict, singles, batched)
+            print(
+                f"| {name} | {figures['median_ms']:.2f} ms | {figures['p90_ms']:.2f} ms"
+                f" | {figures['batched_us']:.0f} µs |",
+                flush=True,
+            )
     if arguments.output:
         summary = {
             "machine": describe(),
