@@ -92,22 +92,30 @@ OLDEST_MACOS = {"MACOSX_DEPLOYMENT_TARGET": "14.0"}
 @pytest.mark.network
 def test_lock_installs_from_wheels_on_each_platform_the_readme_names(tmp_path, uv_env):
     """Resolve the lock's pins for each platform and Python with wheels only (what pip would
-    download there): every pinned version has a wheel for each. antlr4-python3-runtime (pure
-    Python) is published as source only. Every resolution asks the registry (uv's cache here
-    starts empty and is only a cache: an offline resolution from it failed on a fresh
-    machine, since uv fetches some metadata per platform and Python)."""
+    download there): every pinned version has a wheel for each, and nothing the platform needs
+    is missing from the lock (pip's hash-checking mode, which a lock with hashes turns on,
+    refuses any package the file does not pin). antlr4-python3-runtime (pure Python) is
+    published as source only. Every resolution asks the registry (uv's cache here starts empty
+    and is only a cache: an offline resolution from it failed on a fresh machine, since uv
+    fetches some metadata per platform and Python)."""
     lock = (PROJECT_ROOT / "requirements.txt").read_text()
-    names = re.findall(r"^([a-z0-9][a-z0-9._-]*)(?:\[[^\]]*\])?==", lock, flags=re.MULTILINE)
-    wheels_only = [f"--only-binary={name}" for name in names if name != "antlr4-python3-runtime"]
+    pin = re.compile(r"^([a-z0-9][a-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", flags=re.MULTILINE)
+    pinned = set(pin.findall(lock))
+    source_only = {"antlr4-python3-runtime"}
+    wheels_only = [f"--only-binary={name}" for name, _ in sorted(pinned) if name not in source_only]
 
     def resolve(platform: str, python: str) -> str:
+        resolved = tmp_path / f"resolved-{platform}-{python}.txt"
         command = [str(UV), "pip", "compile", str(PROJECT_ROOT / "requirements.txt"), "--quiet"]
         command += ["--python-platform", platform, "--python-version", python, *wheels_only]
-        command += ["-o", str(tmp_path / f"resolved-{platform}-{python}.txt")]
+        command += ["-o", str(resolved)]
         result = subprocess.run(
             command, env={**uv_env, **OLDEST_MACOS}, capture_output=True, text=True, timeout=600
         )
-        return "" if result.returncode == 0 else f"{platform} {python}: {result.stderr}"
+        if result.returncode != 0:
+            return f"{platform} {python}: {result.stderr}"
+        unpinned = sorted(set(pin.findall(resolved.read_text())) - pinned)
+        return f"{platform} {python}: needs, unpinned: {unpinned}" if unpinned else ""
 
     # Four at a time: each mostly waits for the registry.
     with ThreadPoolExecutor(max_workers=4) as pool:
