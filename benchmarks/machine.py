@@ -12,12 +12,13 @@ from mnist_cnn.tensorflow_setup import available_cores
 def describe() -> dict:
     """The CPU (its model and the flags that choose the kernels and `precision: auto`), the
     cores, the versions, and the day."""
+    flags = cpu_flags()
     return {
         "cpu": cpuinfo_field("model name") or platform.processor() or "unknown",
         "cpu_family_model": [cpuinfo_field("cpu family"), cpuinfo_field("model")],
-        "bfloat16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
-        "avx512f": "avx512f" in cpu_flags(),
-        "auto_precision": resolve_precision("auto", cpu_flags(), gpu_capabilities()),
+        "bfloat16_flags": sorted(flags & {"avx512_bf16", "amx_bf16"}),
+        "avx512f": "avx512f" in flags,
+        "auto_precision": resolve_precision("auto", flags, gpu_capabilities()),
         "cores": available_cores(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

@@ -184,6 +184,12 @@ def stages_in_run_order(pipeline: dict) -> list[str]:
 STAGES = stages_in_run_order(yaml.safe_load((PROJECT_ROOT / PIPELINE_FILE).read_text()))
 
 
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, from what it printed (not those restored
+    from the run-cache)."""
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
 class Repo:
     """A git repository with the project in it, driven through real git and dvc commands."""
 
@@ -226,7 +232,7 @@ class Repo:
 
     def repro(self, *arguments: str) -> list[str]:
         """Run `dvc repro`; return the stages it ran (not those restored from the run-cache)."""
-        return re.findall(r"Running stage '(\w+)'", self.dvc("repro", *arguments))
+        return stages_run(self.dvc("repro", *arguments))
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")

@@ -400,17 +400,11 @@ def test_an_experiment_from_before_the_remote_takes_it_away_until_the_documented
     assert "epochs: 2" in (repo.root / "params.yaml").read_text()
 
 
-def in_precision(repo: Repo, precision: str) -> Repo:
-    """The baseline's quick params in `precision`, committed: the deeper model trains on all
-    the data as written."""
-    repo.set_params({"train.precision": precision})
-    repo.commit(f"quick params in {precision}")
-    return repo
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_readme_deeper_model_as_written(built, precision):
-    repo = in_precision(built, precision)
+    repo = built  # the quick params in `precision`, committed: it trains on all of their data
+    repo.set_params({"train.precision": precision})
+    repo.commit(f"quick params in {precision}")
     repo.dvc(*readme_command("dvc exp run -S 'model.conv_filters=[32,64]'")[1:])
     (deeper,) = experiments(repo)
     assert deeper["params"]["params.yaml"]["data"]["model"]["conv_filters"] == [32, 64]

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import CHANGES, Repo, copy_repository, documented_code_block
+from tests.helpers import CHANGES, Repo, copy_repository, documented_code_block, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +170,7 @@ def test_experiments_travel_through_origin(team, changed):
     a = clone_that_ran_elsewhere(team, changed, "a-exp")
     settings = [arg for key, value in RUN_ELSEWHERE.items() for arg in ("-S", f"{key}={value}")]
     ran = a.dvc("exp", "run", "-n", name, *settings)
-    assert re.findall(r"Running stage '(\w+)'", ran) == []  # restored from the run-cache
+    assert stages_run(ran) == []  # restored from the run-cache
     a.run(*push)
     pushed = {path: a.read(path) for path in ("metrics/evaluate.json", "models/model.keras")}
 
@@ -295,15 +295,15 @@ def test_remote_settings_are_the_readmes(team):
         assert setting in config
 
 
-def lock_entry(repo: Repo, stage: str, path: str) -> dict:
-    lock = yaml.safe_load(repo.read("dvc.lock"))
-    return next(out for out in lock["stages"][stage]["outs"] if out["path"] == path)
+def lock_entry(lock: str | bytes, stage: str, path: str) -> dict:
+    """The entry of output `path` of `stage` in the text of a dvc.lock."""
+    outs = yaml.safe_load(lock)["stages"][stage]["outs"]
+    return next(out for out in outs if out["path"] == path)
 
 
 def saved_model_files(repo: Repo, lock: str | bytes) -> list[dict]:
     """The files of the SavedModel folder a dvc.lock names, as DVC's cache lists them."""
-    outs = yaml.safe_load(lock)["stages"]["export"]["outs"]
-    folder = next(out for out in outs if out["path"] == "models/saved_model")["md5"]
+    folder = lock_entry(lock, "export", "models/saved_model")["md5"]
     return json.loads(repo.read(f".dvc/cache/files/md5/{folder[:2]}/{folder[2:]}"))
 
 
@@ -316,7 +316,7 @@ def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     a.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/corrupt")
     a.dvc("push")
     a.commit("own remote")
-    md5 = lock_entry(a, "train", "models/model.keras")["md5"]
+    md5 = lock_entry(a.read("dvc.lock"), "train", "models/model.keras")["md5"]
     key = f"corrupt/files/md5/{md5[:2]}/{md5[2:]}"
     s3 = s3_client(s3_endpoint)
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
