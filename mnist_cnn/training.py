@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from mnist_cnn.errors import PipelineError, out_of_memory
 from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
+from mnist_cnn.mnist import NUM_CLASSES
 from mnist_cnn.model import build_model
 from mnist_cnn.params import Params, TrainParams
 from mnist_cnn.precision import cpuinfo_field, use_precision
@@ -41,9 +42,17 @@ def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.get({"class_name": params.optimizer, "config": config})
 
 
+# A loss this far above a uniform guess's (ln 10 = 2.3 for ten digits) is a run that diverged,
+# not one that learns slowly: a learning rate of 1 climbs back to the guess's loss from about 6.
+# Whether a diverging run reaches NaN or stops at a huge finite loss (1e+30 on an AVX-512 CPU
+# whose oneDNN kernels kept every value finite) depends on the CPU, so both are caught.
+DIVERGED_LOSS = 100 * math.log(NUM_CLASSES)
+
+
 class StopIfDiverged(keras.callbacks.Callback):
-    """A loss that is no longer finite stops training with one line: a diverged run must not
-    leave a model or metrics behind. Checked once per epoch, so training runs at full speed."""
+    """A loss that is no longer finite, or far above a guess's, stops training with one line: a
+    diverged run must not leave a model or metrics behind. Checked once per epoch, so training
+    runs at full speed."""
 
     def __init__(self, learning_rate: float) -> None:
         super().__init__()
@@ -52,10 +61,11 @@ class StopIfDiverged(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for name in ("loss", "val_loss"):
             value = (logs or {}).get(name)
-            if value is not None and not math.isfinite(value):
+            if value is not None and not value <= DIVERGED_LOSS:  # NaN compares False too
                 raise PipelineError(
-                    f"train: the {name.replace('val_', 'validation ')} became {value} in epoch"
-                    f" {epoch + 1} (train.learning_rate {self.learning_rate:g} too high?)"
+                    f"train: the {name.replace('val_', 'validation ')} became {value:.3g} in"
+                    f" epoch {epoch + 1}, a diverged run"
+                    f" (train.learning_rate {self.learning_rate:g} too high?)"
                 )
 
 
