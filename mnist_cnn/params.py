@@ -295,6 +295,15 @@ def changed_since_read() -> list[Path]:
     return changed
 
 
+def raise_if_changed(stage: str) -> None:
+    """Fail `stage` if a params file it read changed since (see `changed_since_read`)."""
+    for path in changed_since_read():
+        raise PipelineError(
+            f"{path} changed while {stage} ran: its outputs are for the params it read at the "
+            "start and are not recorded; run dvc repro again"
+        )
+
+
 class SettingsLoader(yaml.SafeLoader):
     """YAML as settings are written: plain values, each key once.
 

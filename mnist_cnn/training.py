@@ -1,5 +1,5 @@
-"""Training: the optimizer and its schedule, a diverged run stopped, Ctrl-C honoured between
-batches, and `fit_model`, the train stage without its files."""
+"""Training: the optimizer and its schedule, a diverged run stopped, a run whose params changed
+stopped, Ctrl-C honoured between batches, and `fit_model`, the train stage without its files."""
 
 import math
 import platform
@@ -13,7 +13,7 @@ from mnist_cnn.errors import PipelineError, out_of_memory
 from mnist_cnn.inputs import evaluation_dataset, one_hot, training_dataset
 from mnist_cnn.mnist import NUM_CLASSES
 from mnist_cnn.model import build_model
-from mnist_cnn.params import Params, TrainParams
+from mnist_cnn.params import Params, TrainParams, raise_if_changed
 from mnist_cnn.precision import cpuinfo_field, use_precision
 from mnist_cnn.tensorflow_setup import make_deterministic
 
@@ -67,6 +67,15 @@ class StopIfDiverged(keras.callbacks.Callback):
                     f" epoch {epoch + 1}, a diverged run"
                     f" (train.learning_rate {self.learning_rate:g} too high?)"
                 )
+
+
+class StopIfParamsChanged(keras.callbacks.Callback):
+    """params.yaml edited, or rewritten by a `dvc exp run -S`, while the train stage runs: stop
+    at the end of the epoch, with the line the stage would end with anyway (`run_stage`),
+    rather than train on for outputs that cannot be recorded."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        raise_if_changed("train")
 
 
 class InterruptBetweenBatches(keras.callbacks.Callback):

@@ -13,7 +13,7 @@ from mnist_cnn.history import LiveCurves, history_files
 from mnist_cnn.model import save_model
 from mnist_cnn.params import load_params
 from mnist_cnn.runner import run_stage
-from mnist_cnn.training import fit_model, model_info
+from mnist_cnn.training import StopIfParamsChanged, fit_model, model_info
 
 
 def main() -> None:
@@ -27,9 +27,8 @@ def main() -> None:
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where someone watches
     try:
         with removed_on_failure(outputs):  # diverged, interrupted, disk full
-            model, precision = fit_model(
-                params, train_data, validation_data, verbose, (LiveCurves(paths),)
-            )
+            callbacks = (StopIfParamsChanged(), LiveCurves(paths))
+            model, precision = fit_model(params, train_data, validation_data, verbose, callbacks)
             save_model(model, paths.model)
             write_json(paths.model_info, model_info(model, precision))
     except PipelineError as error:

@@ -567,15 +567,18 @@ def start_an_experiment(repo: Repo) -> None:
 @pytest.mark.parametrize("change", [edit_params_file, start_an_experiment])
 def test_params_changed_while_training_are_not_recorded(built, change):
     """DVC reads a stage's params after it ran: a change made meanwhile would be recorded, and
-    cached, as the params of a model trained with the old ones. The stage stops instead."""
+    cached, as the params of a model trained with the old ones. The stage stops instead, at the
+    end of the epoch it is in (100 epochs would take minutes: training cannot finish before the
+    change, however long `dvc exp run` takes to start)."""
     repo = built
     recorded, records = repo.read("dvc.lock"), repo.run_records()
-    repo.set_params({"train.epochs": 6})
-    repro = repro_until_training_epoch_2(repo, epochs=6)
+    repo.set_params({"train.epochs": 100})
+    repro = repro_until_training_epoch_2(repo, epochs=100)
     change(repo)
     assert "epochs: 2" in (repo.root / "params.yaml").read_text()
     output, _ = repro.communicate(timeout=300)
     assert repro.returncode != 0, output
+    assert "Epoch 100/100" not in output  # stopped at the change, not at the end
     assert (
         "error: params.yaml changed while train ran: its outputs are for the params it read at "
         "the start and are not recorded; run dvc repro again"
