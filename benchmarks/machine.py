@@ -5,7 +5,13 @@ import platform
 
 import tensorflow as tf
 
-from mnist_cnn.precision import cpu_flags, cpuinfo_field, gpu_capabilities, resolve_precision
+from mnist_cnn.precision import (
+    cpu_flags,
+    cpu_flags_in_use,
+    cpuinfo_field,
+    gpu_capabilities,
+    resolve_precision,
+)
 from mnist_cnn.tensorflow_setup import available_cores
 
 
@@ -18,7 +24,7 @@ def describe() -> dict:
         "cpu_family_model": [cpuinfo_field("cpu family"), cpuinfo_field("model")],
         "bfloat16_flags": sorted(flags & {"avx512_bf16", "amx_bf16"}),
         "avx512f": "avx512f" in flags,
-        "auto_precision": resolve_precision("auto", flags, gpu_capabilities()),
+        "auto_precision": resolve_precision("auto", cpu_flags_in_use(), gpu_capabilities()),
         "cores": available_cores(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

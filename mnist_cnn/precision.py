@@ -1,8 +1,13 @@
 """The precision the hardware trains fastest in, for `train.precision: auto`: bfloat16 on CPUs
-with AMX or AVX512-BF16 and on GPUs from Ampere on, float16 on Volta and Turing, float32
-elsewhere; read from /proc/cpuinfo and TensorFlow's description of each GPU."""
+with AMX or AVX512-BF16 (unless oneDNN is told not to use them) and on GPUs from Ampere on,
+float16 on Volta and Turing, float32 elsewhere; read from /proc/cpuinfo, $ONEDNN_MAX_CPU_ISA
+and TensorFlow's description of each GPU."""
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+
+from mnist_cnn.tensorflow_setup import onednn_lacks_bfloat16
 
 # CPU features that make bfloat16 matmuls and convolutions fast (Intel AMX, AVX512-BF16).
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
@@ -27,6 +32,16 @@ def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | Non
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     # Unknown (not Linux): no cheap way to ask, so assume no bfloat16 support.
     return set((cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def cpu_flags_in_use(
+    environ: Mapping[str, str] = os.environ, cpuinfo: Path = Path("/proc/cpuinfo")
+) -> set[str]:
+    """The CPU's flags, without the bfloat16 ones where oneDNN is capped below them
+    (`ONEDNN_MAX_CPU_ISA=AVX2`, say): there bfloat16 runs through Eigen's kernels, slower than
+    float32, as on a CPU without them."""
+    flags = cpu_flags(cpuinfo)
+    return flags - BF16_CPU_FLAGS if onednn_lacks_bfloat16(environ) else flags
 
 
 def compute_capability(details: dict) -> tuple[int, int]:
@@ -69,6 +84,6 @@ def use_precision(requested: str) -> str:
     """
     import keras
 
-    precision = resolve_precision(requested, cpu_flags(), gpu_capabilities())
+    precision = resolve_precision(requested, cpu_flags_in_use(), gpu_capabilities())
     keras.mixed_precision.set_dtype_policy(precision)
     return precision

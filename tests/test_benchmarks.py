@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mnist_cnn.precision import cpu_flags, resolve_precision
+from mnist_cnn.precision import cpu_flags_in_use, resolve_precision
 from tests.helpers import QUICK
 
 
@@ -21,7 +21,7 @@ def test_training_benchmark_reports_each_setup_and_target(built):
     assert list(setups) == ["reference", "defaults", "defaults-float32"]
     assert setups["reference"]["epochs"] == 10  # the notebook's
     assert setups["defaults"]["epochs"] == QUICK["train.epochs"]  # this project's params.yaml
-    auto = resolve_precision("auto", cpu_flags(), [])
+    auto = resolve_precision("auto", cpu_flags_in_use(), [])
     assert (setups["defaults"]["precision"], setups["defaults-float32"]["precision"]) == (
         auto,
         "float32",

@@ -16,7 +16,12 @@ from mnist_cnn.history import CURVE_COLUMNS
 from mnist_cnn.inputs import random_affine
 from mnist_cnn.model import build_model, renumber_shared_objects
 from mnist_cnn.params import parse_params
-from mnist_cnn.precision import compute_capability, cpu_flags, resolve_precision
+from mnist_cnn.precision import (
+    compute_capability,
+    cpu_flags,
+    cpu_flags_in_use,
+    resolve_precision,
+)
 from mnist_cnn.runner import run_command
 from mnist_cnn.tensorflow_setup import available_cores, onednn_lacks_bfloat16
 from mnist_cnn.training import learning_rate_schedule, make_optimizer, train
@@ -99,6 +104,21 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\nbugs\t: none\n")
     assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx512_bf16"}
     assert cpu_flags(tmp_path / "absent") == set()
+
+
+@pytest.mark.parametrize(
+    ("isa", "auto"),
+    [("", "mixed_bfloat16"), ("AVX512_CORE_BF16", "mixed_bfloat16"), ("AVX2", "float32")],
+)
+def test_auto_follows_a_cap_on_onednn(tmp_path, isa, auto):
+    """`ONEDNN_MAX_CPU_ISA=AVX2` on a bfloat16 CPU: oneDNN may not use the bfloat16
+    instructions, bfloat16 runs through Eigen, slower than float32; so `auto` is float32, as on
+    a CPU without them (what a Zen 4 capped to play a Zen 3 trains in)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    flags = cpu_flags_in_use({"ONEDNN_MAX_CPU_ISA": isa}, cpuinfo)
+    assert "avx2" in flags
+    assert resolve_precision("auto", flags, []) == auto
 
 
 @pytest.mark.parametrize(
