@@ -43,6 +43,12 @@ def offline_plots(arguments: argparse.Namespace) -> None:
     write_template(arguments.output or TEMPLATE)
 
 
+def sweep(arguments: argparse.Namespace) -> int:
+    from mnist_cnn.sweep import sweep
+
+    return sweep(arguments.set_param, arguments.scheduler, arguments.yes)
+
+
 def program_name() -> str:
     """What the user typed: `mnist-cnn`, or `python -m mnist_cnn`."""
     typed = Path(sys.argv[0]).name
@@ -123,6 +129,32 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the outputs' objects in DVC's cache as well",
     )
+
+    sub = command(
+        commands,
+        "sweep",
+        sweep,
+        "run a grid of experiments on a Dask cluster, each a DVC experiment",
+        "Every combination of the -S values (dvc exp run --queue's grammar) is one trial: a\n"
+        "clone of this commit from origin, `dvc exp run --pull`, then dvc push, push-run-cache\n"
+        "and dvc exp push. The experiments are pulled here at the end and shown in a table.\n"
+        "A trial already on origin is skipped. Exit status 1 if any trial failed.",
+    )
+    sub.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        required=True,
+        metavar="KEY=VALUES",
+        help="e.g. train.learning_rate=0.005,0.01 (repeat for more keys)",
+    )
+    sub.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running Dask scheduler, tcp://HOST:8786 (default: a cluster on this machine, "
+        "one single-threaded worker per core)",
+    )
+    sub.add_argument("--yes", action="store_true", help="run a grid of more than 16 trials")
 
     sub = command(
         commands,

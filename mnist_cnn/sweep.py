@@ -1,0 +1,240 @@
+"""Sweeps past one machine: each point of a grid of params one normal DVC experiment, run as one
+task on a Dask cluster (`dask scheduler` and `dask worker`, on any hosts, Slurm or Kubernetes),
+published through the git remote and the DVC remote, and pulled back here.
+
+    mnist-cnn sweep -S 'train.learning_rate=0.005,0.01' [-S ...] [--scheduler tcp://HOST:8786]
+
+A trial, on a worker: a fresh clone of the sweep's commit from `origin`; `dvc exp run --pull`
+with the trial's params and a name fixed by the commit and the params; then, only once the run
+has succeeded, `dvc push`, `push-run-cache` and `dvc exp push origin NAME`. A trial whose name is
+already on `origin` is skipped, so a trial Dask runs again (its worker died) or the same sweep
+run again trains nothing twice, and a trial that dies publishes no experiment.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from mnist_cnn.errors import PipelineError, one_line
+
+# More trials than this need --yes: a grid multiplies, and each trial is a full training.
+MAX_TRIALS = 16
+# How long the scheduler at --scheduler has to answer.
+SCHEDULER_TIMEOUT_SECONDS = 10
+METRICS = {"metrics/train.json": "val_accuracy", "metrics/evaluate.json": "accuracy"}
+
+
+def grid(overrides: list[str]) -> list[list[str]]:
+    """Every combination of `-S` values, in `dvc exp run --queue`'s grammar (Hydra's sweeps, as
+    DVC parses them): ['a=1,2', 'b=3'] gives [['a=1', 'b=3'], ['a=2', 'b=3']]."""
+    from dvc.utils.hydra import get_hydra_sweeps
+
+    try:
+        sweeps = get_hydra_sweeps({"params.yaml": overrides})
+    except Exception as error:  # Hydra's parser errors have no common type
+        raise PipelineError(f"-S {' '.join(overrides)}: {one_line(str(error))}") from None
+    return [sweep["params.yaml"] for sweep in sweeps]
+
+
+def trial_name(commit: str, overrides: list[str]) -> str:
+    """The same for the same commit and params, whichever worker runs it and however often."""
+    digest = hashlib.sha256("\n".join([commit, *sorted(overrides)]).encode()).hexdigest()
+    return f"sweep-{digest[:10]}"
+
+
+def run(command: list[str], cwd: Path, what: str) -> str:
+    """Run `command`; its output, or a PipelineError with `what` and the line that says why:
+    a stage's own `error:` line where DVC ran one, else the last line on stderr."""
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        raise PipelineError(f"{what}: {(ours or lines or ['failed'])[-1]}")
+    return result.stdout
+
+
+def published_names(origin: str, cwd: Path) -> set[str]:
+    """The names of the experiments on `origin` (refs/exps/<base>/<name>)."""
+    refs = run(["git", "ls-remote", origin, "refs/exps/*"], cwd, f"git ls-remote {origin}")
+    return {line.rsplit("/", 1)[-1] for line in refs.splitlines() if line.strip()}
+
+
+def run_trial(origin: str, commit: str, overrides: list[str], shares: dict[str, int]) -> dict:
+    """One trial, on a Dask worker: see the module's docstring. `shares`: each host's cores
+    per worker, the trial's `threads`. Returns its name, whether it was skipped (already on
+    `origin`), its worker and its seconds."""
+    from distributed import get_worker
+
+    name, start = trial_name(commit, overrides), time.monotonic()
+    worker = get_worker().address.removeprefix("tcp://")
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
+        here = Path(scratch)
+        if name in published_names(origin, here):
+            return {"name": name, "skipped": True, "worker": worker, "seconds": 0}
+        run(["git", "clone", "-q", "--no-checkout", origin, "project"], here, "git clone")
+        project = here / "project"
+        run(["git", "checkout", "-q", commit], project, f"git checkout {commit[:7]}")
+        threads = shares.get(host(worker), 1)
+        settings = [arg for override in overrides for arg in ("-S", override)]
+        experiment = [python, "-m", "dvc", "exp", "run", "--pull", "-n", name, *settings]
+        run([*experiment, "-S", f"threads={threads}"], project, "dvc exp run")
+        # Published only now, all three, so that a trial that died left no experiment.
+        run([python, "-m", "dvc", "push", "-q"], project, f"{name}: dvc push")
+        run([python, "-m", "mnist_cnn", "push-run-cache"], project, f"{name}: push-run-cache")
+        run([python, "-m", "dvc", "exp", "push", "origin", name], project, f"{name}: exp push")
+    seconds = round(time.monotonic() - start, 1)
+    return {"name": name, "skipped": False, "worker": worker, "seconds": seconds}
+
+
+def check_workspace() -> tuple[str, str]:
+    """The commit to sweep and its git remote's URL, or a one-line refusal: the trials clone
+    the commit from `origin`, so uncommitted changes would not be in them."""
+    here = Path.cwd()
+    if run(["git", "status", "--porcelain", "--untracked-files=no"], here, "git status"):
+        raise PipelineError("sweep: the workspace has uncommitted changes; commit them first")
+    remote = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "default"], capture_output=True, text=True
+    )
+    if remote.returncode != 0 or not remote.stdout.strip():
+        raise PipelineError(
+            "sweep: no default DVC remote; add one (dvc remote add -d) for the workers to share"
+            " data and models through"
+        )
+    commit = run(["git", "rev-parse", "HEAD"], here, "git rev-parse").strip()
+    origin = run(["git", "remote", "get-url", "origin"], here, "sweep: no git remote 'origin'")
+    run(["git", "fetch", "-q", "origin"], here, "git fetch origin")
+    if not run(["git", "branch", "-r", "--contains", commit], here, "git branch").strip():
+        raise PipelineError(
+            f"sweep: commit {commit[:7]} is not on origin; git push it first (the workers clone it)"
+        )
+    return commit, origin.strip()
+
+
+def connect(scheduler: str | None):  # -> distributed.Client
+    """A client of the cluster at `scheduler`, or of a cluster on this machine: one
+    single-threaded worker per core."""
+    from distributed import Client, LocalCluster
+
+    from mnist_cnn.tensorflow_setup import available_cores
+
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=available_cores(), threads_per_worker=1, dashboard_address=None
+        )
+        return Client(cluster)
+    try:
+        return Client(scheduler, timeout=SCHEDULER_TIMEOUT_SECONDS)
+    except (OSError, TimeoutError) as error:
+        raise PipelineError(
+            f"sweep: the Dask scheduler at {scheduler} did not answer within "
+            f"{SCHEDULER_TIMEOUT_SECONDS} s ({one_line(str(error))})"
+        ) from None
+
+
+def host(address: str) -> str:
+    """A Dask worker's host, from its address (tcp://HOST:PORT)."""
+    return address.removeprefix("tcp://").rsplit(":", 1)[0]
+
+
+def core_shares(client) -> dict[str, int]:
+    """Each host's cores divided among its workers."""
+    from mnist_cnn.tensorflow_setup import available_cores
+
+    cores = client.run(available_cores)  # by worker address
+    workers = Counter(host(address) for address in cores)
+    return {host(address): max(1, cores[address] // workers[host(address)]) for address in cores}
+
+
+def experiment_metrics(name: str) -> dict[str, float | None]:
+    """The metrics an experiment pulled here recorded, read from its commit."""
+    here = Path.cwd()
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], here, "git")
+    ref = next(line for line in refs.splitlines() if line.endswith(f"/{name}"))
+    values = {}
+    for path, key in METRICS.items():
+        shown = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
+        values[key] = json.loads(shown.stdout).get(key) if shown.returncode == 0 else None
+    return values
+
+
+def table(rows: list[tuple[str, list[str], dict]]) -> str:
+    """Experiment, the params the grid sets, validation and test accuracy: one line each."""
+    keys = list(dict.fromkeys(o.split("=", 1)[0] for _, overrides, _ in rows for o in overrides))
+    header = ["Experiment", *keys, "val_accuracy", "accuracy"]
+    lines = [header]
+    for name, overrides, metrics in rows:
+        values = dict(o.split("=", 1) for o in overrides)
+        cells = [name, *(values.get(key, "") for key in keys)]
+        cells += [f"{metrics[m]:.4f}" if metrics[m] is not None else "-" for m in METRICS.values()]
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
+    """Run every point of the grid on the cluster, pull the experiments, print their table;
+    1 if any trial failed, each named with its error on stderr."""
+    from distributed import as_completed
+
+    points = grid(overrides)
+    if len(points) > MAX_TRIALS and not yes:
+        raise PipelineError(
+            f"sweep: {len(points)} trials, more than {MAX_TRIALS}; add --yes to run them all"
+        )
+    commit, origin = check_workspace()
+    with connect(scheduler) as client:
+        shares = core_shares(client)
+        workers = len(client.scheduler_info()["workers"])
+        print(f"{len(points)} trials of commit {commit[:7]} on {workers} Dask workers")
+        futures = {
+            client.submit(run_trial, origin, commit, point, shares, pure=False): point
+            for point in points
+        }
+        done, failed = [], []
+        try:
+            for count, future in enumerate(as_completed(futures), 1):
+                point = futures[future]
+                name = trial_name(commit, point)
+                try:
+                    result = future.result()
+                except Exception as error:
+                    failed.append(f"{name} ({' '.join(point)}): {one_line(str(error))}")
+                    print(f"[{count}/{len(points)}] {name} failed")
+                    continue
+                done.append(point)
+                how = (
+                    "already on origin"
+                    if result["skipped"]
+                    else (f"done on worker {result['worker']} in {result['seconds']} s")
+                )
+                print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): {how}", flush=True)
+        except KeyboardInterrupt:
+            client.cancel(list(futures))  # those not started never will; none half-published
+            raise
+    names = [trial_name(commit, point) for point in done]
+    if names:
+        run(
+            [sys.executable, "-m", "dvc", "exp", "pull", "origin", *names],
+            Path.cwd(),
+            "dvc exp pull",
+        )
+        print(
+            table(
+                [
+                    (trial_name(commit, p), p, experiment_metrics(trial_name(commit, p)))
+                    for p in done
+                ]
+            )
+        )
+    for line in failed:
+        print(f"error: sweep: {line}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,236 @@
+"""Sweeps on a real Dask cluster: a `dask scheduler` and two `dask worker --nthreads 1` processes
+on 127.0.0.1, a bare git repository as `origin`, a folder as the DVC remote; no mocks."""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mnist_cnn.fetch import MIRROR_ENV
+from mnist_cnn.sweep import MAX_TRIALS, grid, trial_name
+from tests.helpers import Repo, copy_repository, documented_line, error_line, project_environment
+
+DASK = Path(sys.executable).parent / "dask"
+GRID = "train.learning_rate=0.005,0.02"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[str]:
+    """A scheduler and two single-threaded workers, started by the docs' two commands."""
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder}
+    env = project_environment()
+    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    processes = [
+        subprocess.Popen([*scheduler, "--scheduler-file", scheduler_file], env=env, **quiet)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for _ in range(2):
+            worker = [DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
+            processes.append(subprocess.Popen([*worker, "--no-dashboard"], env=env, **quiet))
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, baseline, mnist_dir) -> Repo:
+    """The baseline (the quick params, run and committed) pushed to a bare `origin` and a
+    folder as its DVC remote, as a team shares it."""
+    folder = tmp_path_factory.mktemp("sweep-team")
+    origin = folder / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    repo = copy_repository(baseline, folder / "user", {MIRROR_ENV: str(mnist_dir)})
+    repo.run("git", "remote", "add", "origin", str(origin))
+    repo.dvc("remote", "add", "-d", "storage", str(folder / "dvc-remote"))
+    repo.commit("the team's remotes")
+    repo.run("git", "push", "-q", "-u", "origin", "main")
+    repo.dvc("push", "-q")
+    return repo
+
+
+def sweep(repo: Repo, *arguments: str) -> subprocess.CompletedProcess:
+    return repo.run(sys.executable, "-m", "mnist_cnn", "sweep", *arguments, check=False)
+
+
+@pytest.mark.e2e
+def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_training(
+    team, cluster, tmp_path
+):
+    swept = sweep(team, "-S", GRID, "--scheduler", cluster)
+    assert swept.returncode == 0, swept.stderr
+    commit = team.run("git", "rev-parse", "HEAD").stdout.strip()
+    names = {trial_name(commit, [f"train.learning_rate={rate}"]): rate for rate in (0.005, 0.02)}
+    for name in names:
+        assert f"{name} (train.learning_rate=" in swept.stdout and "done on" in swept.stdout
+    lines = swept.stdout.splitlines()
+    assert all(len(line) <= 120 for line in lines), swept.stdout
+    header = next(line for line in lines if line.startswith("Experiment"))
+    assert header.split() == ["Experiment", "train.learning_rate", "val_accuracy", "accuracy"]
+
+    shown = json.loads(team.dvc("exp", "show", "--json"))
+    experiments = {
+        e["name"]: e["revs"][0]["data"] for row in shown for e in row.get("experiments") or []
+    }
+    assert set(experiments) == set(names)
+    for name, rate in names.items():
+        params = experiments[name]["params"]["params.yaml"]["data"]
+        assert params["train"]["learning_rate"] == rate
+        assert params["threads"] == 1  # two workers on this host's two cores... or fewer
+        accuracy = experiments[name]["metrics"]["metrics/evaluate.json"]["data"]["accuracy"]
+        assert 0.1 < accuracy <= 1
+        assert f"{accuracy:.4f}" in next(line for line in lines if line.startswith(name))
+
+    # A teammate gets one trial's model from the remotes, without training it.
+    mate = Repo(tmp_path / "mate", team.env)
+    team.run(
+        "git",
+        "clone",
+        "-q",
+        team.run("git", "remote", "get-url", "origin").stdout.strip(),
+        str(mate.root),
+    )
+    name = next(iter(names))
+    mate.dvc("exp", "pull", "origin", name)
+    mate.dvc("exp", "apply", name)
+    mate.dvc("pull", "-q")
+    assert "Running stage" not in mate.dvc("repro")
+    assert (
+        json.loads(mate.read("metrics/evaluate.json"))["accuracy"]
+        == (experiments[name]["metrics"]["metrics/evaluate.json"]["data"]["accuracy"])
+    )
+
+    # The documented line, as written, on a cluster of this machine: the same sweep again.
+    again = team.run(*shlex.split(documented_line("python -m mnist_cnn sweep -S "), comments=True))
+    assert again.stdout.count("already on origin") == 2, again.stdout
+    assert "done on" not in again.stdout
+
+
+@pytest.mark.cli
+def test_what_a_sweep_refuses_each_in_one_line(team, tmp_path, closed_port_url):
+    repo = copy_repository(team.root, tmp_path / "user", team.env)
+    too_many = ["-S", "train.epochs=" + ",".join(map(str, range(1, MAX_TRIALS + 2)))]
+    assert error_line(sweep(repo, *too_many)) == (
+        f"error: sweep: {MAX_TRIALS + 1} trials, more than {MAX_TRIALS}; add --yes to run them all"
+    )
+    assert error_line(sweep(repo, "-S", "train.epochs=1,,")).startswith("error: -S train.epochs")
+
+    port = closed_port_url.rstrip("/").rsplit(":", 1)[1]
+    silent = sweep(repo, "-S", GRID, "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert error_line(silent).startswith(
+        f"error: sweep: the Dask scheduler at tcp://127.0.0.1:{port} did not answer within 10 s"
+    )
+
+    (repo.root / "NOTES.md").write_text("not pushed\n")
+    repo.commit("a commit only here")
+    commit = repo.run("git", "rev-parse", "--short=7", "HEAD").stdout.strip()
+    assert error_line(sweep(repo, "-S", GRID)) == (
+        f"error: sweep: commit {commit} is not on origin; git push it first (the workers clone it)"
+    )
+    repo.set_params({"train.epochs": 2})
+    assert error_line(sweep(repo, "-S", GRID)) == (
+        "error: sweep: the workspace has uncommitted changes; commit them first"
+    )
+    repo.run("git", "checkout", "params.yaml")
+    repo.dvc("remote", "remove", "storage")
+    repo.commit("no DVC remote")
+    assert error_line(sweep(repo, "-S", GRID)).startswith("error: sweep: no default DVC remote")
+
+
+def trial_processes() -> list[psutil.Process]:
+    """The `dvc exp run` of each trial running on this machine."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "exp" in command and "run" in command and any(a.startswith("sweep-") for a in command):
+            found.append(process)
+    return found
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_mid_trial_is_survived(team, cluster):
+    """SIGKILL to the worker process running a trial: Dask runs the trial again on a worker,
+    the sweep completes, and each grid point is one experiment on origin."""
+    repo = copy_repository(team.root, team.root.parent / "user-kill", team.env)
+    command = [sys.executable, "-m", "mnist_cnn", "sweep", "-S", "train.learning_rate=0.01,0.03"]
+    sweep_run = subprocess.Popen(
+        [*command, "--scheduler", cluster],
+        cwd=repo.root,
+        env=repo.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300  # guards the suite only
+    while not (running := trial_processes()):
+        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
+        time.sleep(0.2)
+    worker = running[0].parent()
+    worker.kill()
+    output, errors = sweep_run.communicate(timeout=600)
+    assert sweep_run.returncode == 0, errors
+    assert output.count("done on worker") == 2, output
+
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    names = [trial_name(commit, [f"train.learning_rate={rate}"]) for rate in ("0.01", "0.03")]
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    refs = repo.run("git", "ls-remote", origin, "refs/exps/*").stdout.split()
+    for name in names:
+        assert len([ref for ref in refs if ref.endswith(f"/{name}")]) == 1, refs
+
+
+def test_a_grid_is_every_combination_in_dvcs_grammar():
+    assert grid(["train.learning_rate=0.005,0.01", "train.batch_size=128,256"]) == [
+        ["train.learning_rate=0.005", "train.batch_size=128"],
+        ["train.learning_rate=0.005", "train.batch_size=256"],
+        ["train.learning_rate=0.01", "train.batch_size=128"],
+        ["train.learning_rate=0.01", "train.batch_size=256"],
+    ]
+    assert grid(["model.conv_filters=[32,64]"]) == [["model.conv_filters=[32,64]"]]
+
+
+def test_a_trials_name_is_fixed_by_the_commit_and_its_params():
+    point = ["train.learning_rate=0.01", "train.batch_size=128"]
+    name = trial_name("a" * 40, point)
+    assert re.fullmatch(r"sweep-[0-9a-f]{10}", name)
+    assert trial_name("a" * 40, point[::-1]) == name
+    assert trial_name("b" * 40, point) != name
+    assert trial_name("a" * 40, ["train.learning_rate=0.02", point[1]]) != name
+
+
+@pytest.mark.e2e
+def test_a_trial_that_fails_fails_alone(team, cluster):
+    """A diverging rate fails its trial, named with the train stage's line; the other point
+    finishes (or was already on origin) and is pulled; the sweep exits 1."""
+    repo = copy_repository(team.root, team.root.parent / "user-fail", team.env)
+    failed = sweep(repo, "-S", "train.learning_rate=0.005,1e30", "--scheduler", cluster)
+    assert failed.returncode == 1, failed.stderr
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    good, bad = (trial_name(commit, point) for point in grid(["train.learning_rate=0.005,1e30"]))
+    name = bad
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith(f"error: sweep: {bad} (train.learning_rate=1e+30): dvc exp run: train:")
+    assert "a diverged run (train.learning_rate 1e+30 too high?)" in line
+    assert good in repo.dvc("exp", "list", "--name-only").split()
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    assert name not in repo.run("git", "ls-remote", origin, "refs/exps/*").stdout
