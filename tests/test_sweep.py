@@ -24,7 +24,8 @@ GRID = "train.learning_rate=0.005,0.02"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[str]:
-    """A scheduler and two single-threaded workers, started by the docs' two commands."""
+    """A scheduler and two single-threaded workers: the docs' two commands, on 127.0.0.1, with
+    a free port and no dashboard."""
     folder = tmp_path_factory.mktemp("dask")
     scheduler_file = folder / "scheduler.json"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder}
@@ -127,7 +128,7 @@ def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_train
     assert "done on" not in again.stdout
 
 
-@pytest.mark.cli
+@pytest.mark.e2e  # on the team's repository, whose baseline has run
 def test_what_a_sweep_refuses_each_in_one_line(team, tmp_path, closed_port_url):
     repo = copy_repository(team.root, tmp_path / "user", team.env)
     too_many = ["-S", "train.epochs=" + ",".join(map(str, range(1, MAX_TRIALS + 2)))]
