@@ -21,6 +21,7 @@ from pathlib import Path
 from mnist_cnn.errors import PipelineError
 from mnist_cnn.files import scratch_directory_beside, write_bytes, write_text
 from mnist_cnn.params import read_paths
+from mnist_cnn.tools import run_tool
 from mnist_cnn.vega import vega_png
 
 # The evaluate stage's images worth a reviewer's look (the others repeat the Vega plots or do
@@ -31,14 +32,6 @@ HEADLINE_METRICS = [
     ("accuracy", "test accuracy", True),
     ("loss", "test loss", False),
 ]
-
-
-def run_tool(command: list[str], what: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise PipelineError(f"{what}: {lines[-1] if lines else 'failed'}")
-    return result.stdout
 
 
 def dvc_json(*arguments: str) -> dict:

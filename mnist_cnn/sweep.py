@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from mnist_cnn.errors import PipelineError, one_line
+from mnist_cnn.tools import run_tool
 
 # More trials than this need --yes: a grid multiplies, and each trial is a full training.
 MAX_TRIALS = 16
@@ -47,20 +48,9 @@ def trial_name(commit: str, overrides: list[str]) -> str:
     return f"sweep-{digest[:10]}"
 
 
-def run(command: list[str], cwd: Path, what: str) -> str:
-    """Run `command`; its output, or a PipelineError with `what` and the line that says why:
-    a stage's own `error:` line where DVC ran one, else the last line on stderr."""
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        raise PipelineError(f"{what}: {(ours or lines or ['failed'])[-1]}")
-    return result.stdout
-
-
 def published_names(origin: str, cwd: Path) -> set[str]:
     """The names of the experiments on `origin` (refs/exps/<base>/<name>)."""
-    refs = run(["git", "ls-remote", origin, "refs/exps/*"], cwd, f"git ls-remote {origin}")
+    refs = run_tool(["git", "ls-remote", origin, "refs/exps/*"], f"git ls-remote {origin}", cwd)
     return {line.rsplit("/", 1)[-1] for line in refs.splitlines() if line.strip()}
 
 
@@ -77,17 +67,17 @@ def run_trial(origin: str, commit: str, overrides: list[str], shares: dict[str, 
         here = Path(scratch)
         if name in published_names(origin, here):
             return {"name": name, "skipped": True, "worker": worker, "seconds": 0}
-        run(["git", "clone", "-q", "--no-checkout", origin, "project"], here, "git clone")
+        run_tool(["git", "clone", "-q", "--no-checkout", origin, "project"], "git clone", here)
         project = here / "project"
-        run(["git", "checkout", "-q", commit], project, f"git checkout {commit[:7]}")
+        run_tool(["git", "checkout", "-q", commit], f"git checkout {commit[:7]}", project)
         threads = shares.get(host(worker), 1)
         settings = [arg for override in overrides for arg in ("-S", override)]
         experiment = [python, "-m", "dvc", "exp", "run", "--pull", "-n", name, *settings]
-        run([*experiment, "-S", f"threads={threads}"], project, "dvc exp run")
+        run_tool([*experiment, "-S", f"threads={threads}"], "dvc exp run", project)
         # Published only now, all three, so that a trial that died left no experiment.
-        run([python, "-m", "dvc", "push", "-q"], project, f"{name}: dvc push")
-        run([python, "-m", "mnist_cnn", "push-run-cache"], project, f"{name}: push-run-cache")
-        run([python, "-m", "dvc", "exp", "push", "origin", name], project, f"{name}: exp push")
+        run_tool([python, "-m", "dvc", "push", "-q"], f"{name}: dvc push", project)
+        run_tool([python, "-m", "mnist_cnn", "push-run-cache"], f"{name}: push-run-cache", project)
+        run_tool([python, "-m", "dvc", "exp", "push", "origin", name], f"{name}: exp push", project)
     seconds = round(time.monotonic() - start, 1)
     return {"name": name, "skipped": False, "worker": worker, "seconds": seconds}
 
@@ -95,8 +85,7 @@ def run_trial(origin: str, commit: str, overrides: list[str], shares: dict[str, 
 def check_workspace() -> tuple[str, str]:
     """The commit to sweep and its git remote's URL, or a one-line refusal: the trials clone
     the commit from `origin`, so uncommitted changes would not be in them."""
-    here = Path.cwd()
-    if run(["git", "status", "--porcelain", "--untracked-files=no"], here, "git status"):
+    if run_tool(["git", "status", "--porcelain", "--untracked-files=no"], "git status"):
         raise PipelineError("sweep: the workspace has uncommitted changes; commit them first")
     remote = subprocess.run(
         [sys.executable, "-m", "dvc", "remote", "default"], capture_output=True, text=True
@@ -106,10 +95,10 @@ def check_workspace() -> tuple[str, str]:
             "sweep: no default DVC remote; add one (dvc remote add -d) for the workers to share"
             " data and models through"
         )
-    commit = run(["git", "rev-parse", "HEAD"], here, "git rev-parse").strip()
-    origin = run(["git", "remote", "get-url", "origin"], here, "sweep: no git remote 'origin'")
-    run(["git", "fetch", "-q", "origin"], here, "git fetch origin")
-    if not run(["git", "branch", "-r", "--contains", commit], here, "git branch").strip():
+    commit = run_tool(["git", "rev-parse", "HEAD"], "git rev-parse").strip()
+    origin = run_tool(["git", "remote", "get-url", "origin"], "sweep: no git remote 'origin'")
+    run_tool(["git", "fetch", "-q", "origin"], "git fetch origin")
+    if not run_tool(["git", "branch", "-r", "--contains", commit], "git branch").strip():
         raise PipelineError(
             f"sweep: commit {commit[:7]} is not on origin; git push it first (the workers clone it)"
         )
@@ -151,16 +140,19 @@ def core_shares(client) -> dict[str, int]:
     return {host(address): max(1, cores[address] // workers[host(address)]) for address in cores}
 
 
-def experiment_metrics(name: str) -> dict[str, float | None]:
-    """The metrics an experiment pulled here recorded, read from its commit."""
-    here = Path.cwd()
-    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], here, "git")
-    ref = next(line for line in refs.splitlines() if line.endswith(f"/{name}"))
-    values = {}
-    for path, key in METRICS.items():
-        shown = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
-        values[key] = json.loads(shown.stdout).get(key) if shown.returncode == 0 else None
-    return values
+def experiment_metrics(names: list[str]) -> dict[str, dict[str, float | None]]:
+    """The metrics each experiment pulled here recorded, read from its commit."""
+    refs = run_tool(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], "git")
+    by_name = {ref.rsplit("/", 1)[-1]: ref for ref in refs.splitlines()}
+    metrics = {}
+    for name in names:
+        values = metrics[name] = {}
+        for path, key in METRICS.items():
+            shown = subprocess.run(
+                ["git", "show", f"{by_name[name]}:{path}"], capture_output=True, text=True
+            )
+            values[key] = json.loads(shown.stdout).get(key) if shown.returncode == 0 else None
+    return metrics
 
 
 def table(rows: list[tuple[str, list[str], dict]]) -> str:
@@ -199,7 +191,7 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
             client.submit(run_trial, origin, commit, point, shares, pure=False): point
             for point in points
         }
-        done, failed = [], []
+        done, failed = {}, []  # done: the points that finished, by their experiment's name
         try:
             for count, future in enumerate(as_completed(futures), 1):
                 point = futures[future]
@@ -210,7 +202,7 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
                     failed.append(f"{name} ({' '.join(point)}): {one_line(str(error))}")
                     print(f"[{count}/{len(points)}] {name} failed")
                     continue
-                done.append(point)
+                done[name] = point
                 how = (
                     "already on origin"
                     if result["skipped"]
@@ -220,21 +212,10 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
         except KeyboardInterrupt:
             client.cancel(list(futures))  # those not started never will; none half-published
             raise
-    names = [trial_name(commit, point) for point in done]
-    if names:
-        run(
-            [sys.executable, "-m", "dvc", "exp", "pull", "origin", *names],
-            Path.cwd(),
-            "dvc exp pull",
-        )
-        print(
-            table(
-                [
-                    (trial_name(commit, p), p, experiment_metrics(trial_name(commit, p)))
-                    for p in done
-                ]
-            )
-        )
+    if done:
+        run_tool([sys.executable, "-m", "dvc", "exp", "pull", "origin", *done], "dvc exp pull")
+        metrics = experiment_metrics(list(done))
+        print(table([(name, point, metrics[name]) for name, point in done.items()]))
     for line in failed:
         print(f"error: sweep: {line}", file=sys.stderr)
     return 1 if failed else 0
