@@ -13,21 +13,33 @@ run again trains nothing twice, and a trial that dies publishes no experiment.
 
 import hashlib
 import json
+import logging
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mnist_cnn.errors import PipelineError, one_line
-from mnist_cnn.tools import run_tool
+from mnist_cnn.tools import Stopped, run_tool
 
 # More trials than this need --yes: a grid multiplies, and each trial is a full training.
 MAX_TRIALS = 16
 # How long the scheduler at --scheduler has to answer.
 SCHEDULER_TIMEOUT_SECONDS = 10
 METRICS = {"metrics/train.json": "val_accuracy", "metrics/evaluate.json": "accuracy"}
+# The topic on which a trial tells the sweep it has started, and on which worker.
+STARTED_TOPIC = "mnist-cnn-sweep-started"
+# After Ctrl-C, how long the running trials have to stop and clean up.
+STOP_TIMEOUT_SECONDS = 60
+# The pipeline's lock: what every host must have installed. The project itself is not in it.
+LOCK = "requirements.txt"
+PROJECT = "mnist-cnn"
 
 
 def grid(overrides: list[str]) -> list[list[str]]:
@@ -54,32 +66,83 @@ def published_names(origin: str, cwd: Path) -> set[str]:
     return {line.rsplit("/", 1)[-1] for line in refs.splitlines() if line.strip()}
 
 
-def run_trial(origin: str, commit: str, overrides: list[str], shares: dict[str, int]) -> dict:
+def run_trial(
+    origin: str, commit: str, overrides: list[str], shares: dict[str, int], stop_event: str
+) -> dict:
     """One trial, on a Dask worker: see the module's docstring. `shares`: each host's cores
-    per worker, the trial's `threads`. Returns its name, whether it was skipped (already on
-    `origin`), its worker and its seconds."""
-    from distributed import get_worker
+    per worker, the trial's `threads`; `stop_event`: the name of the sweep's Dask Event, set on
+    Ctrl-C, which stops the trial wherever it is and publishes nothing more. Returns its name,
+    whether it was skipped (already on `origin`), its worker and its seconds."""
+    from distributed import Event, get_worker
 
+    stop = Event(stop_event).is_set
     name, start = trial_name(commit, overrides), time.monotonic()
-    worker = get_worker().address.removeprefix("tcp://")
+    worker = get_worker()
+    address = worker.address.removeprefix("tcp://")
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
         here = Path(scratch)
+        if stop():
+            raise Stopped(f"{name}: stopped before it started")
         if name in published_names(origin, here):
-            return {"name": name, "skipped": True, "worker": worker, "seconds": 0}
+            return {"name": name, "skipped": True, "worker": address, "seconds": 0}
+        worker.log_event(STARTED_TOPIC, {"name": name, "on": address})  # "worker": the scheduler's
         run_tool(["git", "clone", "-q", "--no-checkout", origin, "project"], "git clone", here)
         project = here / "project"
         run_tool(["git", "checkout", "-q", commit], f"git checkout {commit[:7]}", project)
-        threads = shares.get(host(worker), 1)
+        threads = shares.get(host(address), 1)
         settings = [arg for override in overrides for arg in ("-S", override)]
         experiment = [python, "-m", "dvc", "exp", "run", "--pull", "-n", name, *settings]
-        run_tool([*experiment, "-S", f"threads={threads}"], "dvc exp run", project)
+        run_tool([*experiment, "-S", f"threads={threads}"], "dvc exp run", project, stop)
         # Published only now, all three, so that a trial that died left no experiment.
-        run_tool([python, "-m", "dvc", "push", "-q"], f"{name}: dvc push", project)
-        run_tool([python, "-m", "mnist_cnn", "push-run-cache"], f"{name}: push-run-cache", project)
-        run_tool([python, "-m", "dvc", "exp", "push", "origin", name], f"{name}: exp push", project)
+        dvc = [python, "-m", "dvc"]
+        run_tool([*dvc, "push", "-q"], f"{name}: dvc push", project, stop)
+        run_tool([python, "-m", "mnist_cnn", "push-run-cache"], "push-run-cache", project, stop)
+        run_tool([*dvc, "exp", "push", "origin", name], f"{name}: exp push", project, stop)
     seconds = round(time.monotonic() - start, 1)
-    return {"name": name, "skipped": False, "worker": worker, "seconds": seconds}
+    return {"name": name, "skipped": False, "worker": address, "seconds": seconds}
+
+
+def installed(names: list[str]) -> dict[str, str | None]:
+    """The installed version of each distribution named, None where it is missing."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def locked_names(lock: Path) -> list[str]:
+    """The distributions a pip-compile lock pins (`name==version \\` lines)."""
+    return re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", lock.read_text(), re.MULTILINE)
+
+
+def check_workers(client) -> None:
+    """Refuse, in one line, a cluster with a worker whose environment is not this one's: another
+    version of this project or of a package the lock pins (a trial runs the commit's code with
+    the worker's packages, so its results would not be the commit's)."""
+    root = Path(run_tool(["git", "rev-parse", "--show-toplevel"], "git rev-parse").strip())
+    names = [PROJECT, *locked_names(root / LOCK)]
+    here = installed(names)
+    try:
+        there = client.run(installed, names)
+    except (ModuleNotFoundError, ImportError) as error:  # a worker without the project
+        raise PipelineError(
+            f"sweep: a Dask worker cannot run the project's code ({one_line(str(error))}); "
+            f"install it on every worker host (pip install --no-deps -e .)"
+        ) from None
+    for address, versions in sorted(there.items()):
+        differ = [name for name in names if versions[name] != here[name]]
+        if differ:
+            first = differ[0]
+            more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
+            raise PipelineError(
+                f"sweep: the Dask worker {address.removeprefix('tcp://')} has another "
+                f"environment: {first} {versions[first] or 'not installed'} there, "
+                f"{here[first] or 'not installed'} here{more}; install {LOCK} and the project there"
+            )
 
 
 def check_workspace() -> tuple[str, str]:
@@ -113,9 +176,19 @@ def connect(scheduler: str | None):  # -> distributed.Client
     from mnist_cnn.tensorflow_setup import available_cores
 
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=available_cores(), threads_per_worker=1, dashboard_address=None
-        )
+        # Its workers start with Ctrl-C ignored (and keep it so: Python and asyncio install no
+        # handler over an ignored SIGINT), so that a terminal's Ctrl-C, which reaches them too,
+        # leaves them to the sweep to stop their trials, cleanly.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            cluster = LocalCluster(
+                n_workers=available_cores(),
+                threads_per_worker=1,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,  # a failed trial is the sweep's one line to tell
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
         return Client(cluster)
     try:
         return Client(scheduler, timeout=SCHEDULER_TIMEOUT_SECONDS)
@@ -175,7 +248,7 @@ def table(rows: list[tuple[str, list[str], dict]]) -> str:
 def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
     """Run every point of the grid on the cluster, pull the experiments, print their table;
     1 if any trial failed, each named with its error on stderr."""
-    from distributed import as_completed
+    from distributed import Event, as_completed, wait
 
     points = grid(overrides)
     if len(points) > MAX_TRIALS and not yes:
@@ -184,11 +257,20 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
         )
     commit, origin = check_workspace()
     with connect(scheduler) as client:
+        check_workers(client)
         shares = core_shares(client)
         workers = len(client.scheduler_info()["workers"])
-        print(f"{len(points)} trials of commit {commit[:7]} on {workers} Dask workers")
+        print(f"{len(points)} trials of commit {commit[:7]} on {workers} Dask workers", flush=True)
+        params = {trial_name(commit, point): point for point in points}
+
+        def started(event: tuple[float, dict]) -> None:
+            name, worker = event[1]["name"], event[1]["on"]
+            print(f"    {name} ({' '.join(params[name])}): running on worker {worker}", flush=True)
+
+        client.subscribe_topic(STARTED_TOPIC, started)
+        stop = Event(f"mnist-cnn-sweep-{uuid.uuid4().hex}", client=client)
         futures = {
-            client.submit(run_trial, origin, commit, point, shares, pure=False): point
+            client.submit(run_trial, origin, commit, point, shares, stop.name, pure=False): point
             for point in points
         }
         done, failed = {}, []  # done: the points that finished, by their experiment's name
@@ -200,7 +282,7 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
                     result = future.result()
                 except Exception as error:
                     failed.append(f"{name} ({' '.join(point)}): {one_line(str(error))}")
-                    print(f"[{count}/{len(points)}] {name} failed")
+                    print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): failed", flush=True)
                     continue
                 done[name] = point
                 how = (
@@ -210,7 +292,12 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
                 )
                 print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): {how}", flush=True)
         except KeyboardInterrupt:
-            client.cancel(list(futures))  # those not started never will; none half-published
+            # Every trial not done stops: a running one kills its run and publishes nothing
+            # more; one not started ends at once. Waited for, so that on a cluster of this
+            # machine none is cut off half-way when the cluster closes.
+            print("sweep: stopping the trials not done; they publish nothing", file=sys.stderr)
+            stop.set()
+            wait(list(futures), timeout=STOP_TIMEOUT_SECONDS)
             raise
     if done:
         run_tool([sys.executable, "-m", "dvc", "exp", "pull", "origin", *done], "dvc exp pull")

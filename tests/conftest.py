@@ -1,5 +1,6 @@
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from mnist_cnn.params import Params, parse_params
 from tests.helpers import (
     CHANGES,
     PROJECT_ROOT,
+    S3_BUCKET,
     STAGES,
     FileServer,
     Repo,
@@ -23,6 +25,7 @@ from tests.helpers import (
     copy_repository,
     mnist_folder,
     params_with,
+    s3_client,
 )
 
 
@@ -59,6 +62,21 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on 127.0.0.1, with the tests' bucket."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3_client(endpoint).create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    server.stop()
 
 
 @pytest.fixture(scope="session")

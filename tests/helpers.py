@@ -490,3 +490,26 @@ class FileServer:
             self.endless.add(path)
         if trickled:
             self.trickled[path] = trickled
+
+
+# An S3-compatible server for the tests (moto's standalone server, the `s3_endpoint` fixture):
+# its bucket, and dummy credentials for the tests' environments only (moto accepts any).
+S3_BUCKET = "mnist-team"
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def s3_client(endpoint: str):  # -> a boto3 S3 client
+    """boto3's S3 client for the test server, with the tests' dummy credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    )

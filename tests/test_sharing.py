@@ -3,7 +3,6 @@ a bare git repository as `origin`, and two clones, A and B, each with its own DV
 with the commands the README's "Share results" section shows."""
 
 import json
-import logging
 import re
 import shlex
 import shutil
@@ -16,23 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
-from tests.helpers import CHANGES, Repo, copy_repository, documented_code_block, stages_run
+from tests.helpers import (
+    CHANGES,
+    S3_BUCKET,
+    S3_CREDENTIALS,
+    Repo,
+    copy_repository,
+    documented_code_block,
+    s3_client,
+    stages_run,
+)
 
 pytestmark = pytest.mark.e2e
-
-BUCKET = "mnist-team"
-# Dummy credentials, for this test's environment only: moto accepts any.
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
 
 @dataclass
 class Team:
@@ -50,29 +47,6 @@ class Team:
         return Repo(self.workdir / name, self.env)
 
 
-def s3_client(endpoint: str):
-    """boto3's S3 client for the test server, with the tests' dummy credentials."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-    )
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    s3_client(endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, s3_endpoint, mnist_dir, baseline) -> Team:
     """Teammate A has set up the project with a remote, run it, and pushed everything."""
@@ -80,14 +54,14 @@ def team(tmp_path_factory, s3_endpoint, mnist_dir, baseline) -> Team:
     origin = workdir / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     # COLUMNS: tables as wide as a terminal's (without one, dvc draws them 16 columns wide).
-    env = {**CREDENTIALS, "MNIST_MIRROR": str(mnist_dir), "COLUMNS": "200"}
+    env = {**S3_CREDENTIALS, "MNIST_MIRROR": str(mnist_dir), "COLUMNS": "200"}
     team = Team(origin, env, workdir)
 
     # The baseline: the project on the quick params, run and committed.
     a = copy_repository(baseline, workdir / "a", team.env)
     a.run("git", "remote", "add", "origin", str(origin))
     # The README's lines for an S3-compatible server, then its commit of the remote.
-    a.dvc("remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore")
+    a.dvc("remote", "add", "-d", "storage", f"s3://{S3_BUCKET}/dvcstore")
     a.dvc("remote", "modify", "storage", "endpointurl", s3_endpoint)
     for line in documented_code_block("verify true").splitlines():
         a.run(*shlex.split(line, comments=True))
@@ -313,14 +287,14 @@ def test_a_corrupt_file_on_the_remote_is_refused(team, s3_endpoint):
     a = team.clone("a-corrupt")
     a.dvc("pull")
     # A remote folder of its own: the other tests keep an intact one.
-    a.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/corrupt")
+    a.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/corrupt")
     a.dvc("push")
     a.commit("own remote")
     md5 = lock_entry(a.read("dvc.lock"), "train", "models/model.keras")["md5"]
     key = f"corrupt/files/md5/{md5[:2]}/{md5[2:]}"
     s3 = s3_client(s3_endpoint)
-    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+    body = s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=S3_BUCKET, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
 
     b = Repo(team.workdir / "b-corrupt", team.env)
     subprocess.run(["git", "clone", "-q", str(a.root), str(b.root)], check=True)
@@ -336,7 +310,7 @@ def test_push_run_cache_skips_a_record_with_a_file_missing_here(team, changed):
     pushed (it would name a file the remote lacks), the line says so, the others go."""
     a = ran_elsewhere(team, changed, "a-missing")
     # A remote folder of its own: what the other tests push is not there.
-    a.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/missing")
+    a.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/missing")
     a.dvc("push")
     files = saved_model_files(a, a.read("dvc.lock"))
     (lost,) = [file for file in files if file["relpath"].startswith("variables/variables.data")]
@@ -356,7 +330,7 @@ def test_push_run_cache_skips_a_record_with_a_file_missing_here(team, changed):
     )
 
     b = team.clone("b-missing")
-    b.dvc("remote", "modify", "storage", "url", f"s3://{BUCKET}/missing")
+    b.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/missing")
     b.set_params(RUN_ELSEWHERE)
     b.dvc("pull", "--run-cache")
     assert b.repro("--pull") == ["export"]  # train and evaluate restored

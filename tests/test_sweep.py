@@ -1,9 +1,12 @@
 """Sweeps on a real Dask cluster: a `dask scheduler` and two `dask worker --nthreads 1` processes
 on 127.0.0.1, a bare git repository as `origin`, a folder as the DVC remote; no mocks."""
 
+import contextlib
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -16,43 +19,63 @@ import pytest
 from mnist_cnn.fetch import MIRROR_ENV
 from mnist_cnn.sweep import MAX_TRIALS, grid, trial_name
 from mnist_cnn.tensorflow_setup import available_cores
-from tests.helpers import Repo, copy_repository, documented_line, error_line, project_environment
+from tests.helpers import (
+    S3_BUCKET,
+    S3_CREDENTIALS,
+    Repo,
+    copy_repository,
+    documented_line,
+    error_line,
+    project_environment,
+)
 
 DASK = Path(sys.executable).parent / "dask"
 GRID = "train.learning_rate=0.005,0.02"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[str]:
-    """A scheduler and two single-threaded workers: the docs' two commands, on 127.0.0.1, with
-    a free port and no dashboard."""
-    folder = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def dask_cluster(folder: Path, env: dict[str, str], workers: int = 2) -> Iterator[str]:
+    """A scheduler and `workers` single-threaded workers: the docs' two commands, on 127.0.0.1,
+    with a free port and no dashboard. Yields the scheduler's address."""
+    folder.mkdir(parents=True, exist_ok=True)
     scheduler_file = folder / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder}
-    env = project_environment()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder, "env": env}
     scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-    processes = [
-        subprocess.Popen([*scheduler, "--scheduler-file", scheduler_file], env=env, **quiet)
-    ]
+    processes = [subprocess.Popen([*scheduler, "--scheduler-file", scheduler_file], **quiet)]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():
             assert time.monotonic() < deadline, "the scheduler did not start"
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
-        for _ in range(2):
+        for _ in range(workers):
             worker = [DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
-            processes.append(subprocess.Popen([*worker, "--no-dashboard"], env=env, **quiet))
+            processes.append(subprocess.Popen([*worker, "--no-dashboard"], **quiet))
         from distributed import Client
 
         with Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(workers, timeout=60)
         yield address
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def workers_tmp(tmp_path_factory) -> Path:
+    """The workers' temporary folder: where a trial clones, and must leave nothing."""
+    return tmp_path_factory.mktemp("workers-tmp")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, workers_tmp) -> Iterator[str]:
+    """Two workers, with the S3 server's dummy credentials (a DVC remote's, as a worker host
+    has them) and their own temporary folder."""
+    env = project_environment(**S3_CREDENTIALS, TMPDIR=str(workers_tmp))
+    with dask_cluster(tmp_path_factory.mktemp("dask"), env) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +106,11 @@ def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_train
     assert swept.returncode == 0, swept.stderr
     commit = team.run("git", "rev-parse", "HEAD").stdout.strip()
     names = {trial_name(commit, [f"train.learning_rate={rate}"]): rate for rate in (0.005, 0.02)}
-    for name in names:
-        assert f"{name} (train.learning_rate=" in swept.stdout and "done on" in swept.stdout
+    for name in names:  # the progress: each trial running, then done, on a worker
+        point = rf"{name} \(train.learning_rate=\S+\)"
+        running = re.findall(rf"{point}: running on worker \S+", swept.stdout)
+        done = re.findall(rf"\] {point}: done on worker ", swept.stdout)
+        assert len(running) == len(done) == 1, swept.stdout
     lines = swept.stdout.splitlines()
     assert all(len(line) <= 120 for line in lines), swept.stdout
     header = next(line for line in lines if line.startswith("Experiment"))
@@ -159,21 +185,43 @@ def test_what_a_sweep_refuses_each_in_one_line(team, tmp_path, closed_port_url):
     assert error_line(sweep(repo, "-S", GRID)).startswith("error: sweep: no default DVC remote")
 
 
-def trial_processes() -> list[psutil.Process]:
-    """The `dvc exp run` of each trial running on this machine."""
+def trial_processes(names: list[str]) -> list[psutil.Process]:
+    """The `dvc exp run` of each trial named running on this machine (other tests' trials may
+    run beside them)."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
         command = process.info["cmdline"] or []
-        if "exp" in command and "run" in command and any(a.startswith("sweep-") for a in command):
+        if "exp" in command and "run" in command and set(names) & set(command):
             found.append(process)
     return found
 
 
+def origin_refs(repo: Repo) -> list[str]:
+    """The experiment refs on the repository's `origin`."""
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    return repo.run("git", "ls-remote", origin, "refs/exps/*").stdout.split()[1::2]
+
+
+def on_s3(team: Repo, folder: Path, endpoint: str) -> Repo:
+    """A copy of the team's repository whose DVC remote is a bucket on the S3 server, the
+    baseline pushed there, the change on origin (pushed to a branch of its own)."""
+    repo = copy_repository(team.root, folder, {**team.env, **S3_CREDENTIALS})
+    repo.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/{folder.name}")
+    repo.dvc("remote", "modify", "storage", "endpointurl", endpoint)
+    repo.commit("the team's remote on S3")
+    repo.run("git", "push", "-q", "origin", f"HEAD:{folder.name}")
+    repo.dvc("push", "-q")
+    return repo
+
+
 @pytest.mark.e2e
-def test_a_worker_killed_mid_trial_is_survived(team, cluster):
+def test_a_worker_killed_mid_trial_is_survived(team, cluster, s3_endpoint, tmp_path):
     """SIGKILL to the worker process running a trial: Dask runs the trial again on a worker,
-    the sweep completes, and each grid point is one experiment on origin."""
-    repo = copy_repository(team.root, team.root.parent / "user-kill", team.env)
+    the sweep completes, each grid point is one experiment on origin, and a teammate gets the
+    killed trial's model from the remote (here the S3 server) without training."""
+    repo = on_s3(team, team.root.parent / "user-kill", s3_endpoint)
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    names = [trial_name(commit, [f"train.learning_rate={rate}"]) for rate in ("0.01", "0.03")]
     command = [sys.executable, "-m", "mnist_cnn", "sweep", "-S", "train.learning_rate=0.01,0.03"]
     sweep_run = subprocess.Popen(
         [*command, "--scheduler", cluster],
@@ -184,21 +232,108 @@ def test_a_worker_killed_mid_trial_is_survived(team, cluster):
         text=True,
     )
     deadline = time.monotonic() + 300  # guards the suite only
-    while not (running := trial_processes()):
+    while not (running := trial_processes(names)):
         assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
         time.sleep(0.2)
-    worker = running[0].parent()
-    worker.kill()
+    killed = running[0]
+    (killed_name,) = set(names) & set(killed.cmdline())
+    killed.parent().kill()
     output, errors = sweep_run.communicate(timeout=600)
     assert sweep_run.returncode == 0, errors
     assert output.count("done on worker") == 2, output
+    assert output.count(f"{killed_name} (train.learning_rate=") == 3, output  # run, run, done
 
-    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
-    names = [trial_name(commit, [f"train.learning_rate={rate}"]) for rate in ("0.01", "0.03")]
-    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
-    refs = repo.run("git", "ls-remote", origin, "refs/exps/*").stdout.split()
+    refs = origin_refs(repo)
     for name in names:
         assert len([ref for ref in refs if ref.endswith(f"/{name}")]) == 1, refs
+
+    mate = Repo(tmp_path / "mate", repo.env)
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    repo.run("git", "clone", "-q", "-b", "user-kill", origin, str(mate.root))
+    mate.dvc("exp", "pull", "origin", killed_name)
+    mate.dvc("exp", "apply", killed_name)
+    mate.dvc("pull", "-q")
+    assert "Running stage" not in mate.dvc("repro")
+
+
+@pytest.mark.e2e
+def test_workers_with_another_environment_are_refused(team, tmp_path):
+    """A worker whose installed packages say another project version and another TensorFlow
+    than the driver's (its own metadata first on its path): refused in one line, before any
+    trial, naming the first difference."""
+    import tensorflow as tf
+
+    other = tmp_path / "other-environment"
+    for name, version in (("mnist_cnn", "0.0.1"), ("tensorflow", "0.0.1")):
+        info = other / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+        )
+    env = project_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(other), env["PYTHONPATH"]])
+    repo = copy_repository(team.root, tmp_path / "user", team.env)
+    with dask_cluster(tmp_path / "dask", env, workers=1) as address:
+        refused = sweep(repo, "-S", GRID, "--scheduler", address)
+    here = version_of("mnist-cnn")
+    assert re.fullmatch(
+        r"error: sweep: the Dask worker 127\.0\.0\.1:\d+ has another environment: mnist-cnn "
+        rf"0\.0\.1 there, {re.escape(here)} here and 1 more; install requirements\.txt and "
+        r"the project there",
+        error_line(refused),
+    ), refused.stderr
+    assert "trials of commit" not in refused.stdout
+    assert tf.__version__ != "0.0.1"
+
+
+def version_of(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["a cluster of this machine", "a running cluster"])
+def test_ctrl_c_stops_every_trial_and_publishes_nothing(team, cluster, workers_tmp, where):
+    """Ctrl-C (SIGINT to the sweep's process group, as a terminal sends it: on a cluster of this
+    machine, its workers get it too) while two trials train and a third waits: `interrupted`
+    and 130; the running trials' runs killed and their clones removed; the waiting one never
+    started; nothing of any on origin."""
+    env = {**team.env, "TMPDIR": str(workers_tmp)}  # a cluster of this machine's workers' too
+    repo = copy_repository(team.root, team.root.parent / f"user-interrupt-{len(where)}", env)
+    rates = "train.learning_rate=0.011,0.012,0.013"
+    scheduler = ["--scheduler", cluster] if where == "a running cluster" else []
+    sweep_run = subprocess.Popen(
+        [sys.executable, "-m", "mnist_cnn", "sweep", "-S", rates, *scheduler],
+        cwd=repo.root,
+        env=repo.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    names = [trial_name(commit, point) for point in grid([rates])]
+    deadline = time.monotonic() + 300  # guards the suite only
+    while len(running := trial_processes(names)) < min(2, available_cores()):
+        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
+        time.sleep(0.2)
+    time.sleep(2)  # into training
+    os.killpg(sweep_run.pid, signal.SIGINT)
+    output, errors = sweep_run.communicate(timeout=120)
+    assert sweep_run.returncode == 130, errors
+    assert errors.splitlines()[-2:] == [
+        "sweep: stopping the trials not done; they publish nothing",
+        "interrupted",
+    ], errors
+    assert output.count("running on worker") == len(running), output
+    assert not any(process.is_running() for process in running)
+    assert not trial_processes(names)
+    assert not [path for name in names for path in workers_tmp.glob(f"{name}-*")]
+    assert not [ref for ref in origin_refs(repo) if ref.rsplit("/", 1)[-1] in names]
 
 
 def test_a_grid_is_every_combination_in_dvcs_grammar():
@@ -234,5 +369,4 @@ def test_a_trial_that_fails_fails_alone(team, cluster):
     assert line.startswith(f"error: sweep: {bad} (train.learning_rate=1e+30): dvc exp run: train:")
     assert "a diverged run (train.learning_rate 1e+30 too high?)" in line
     assert good in repo.dvc("exp", "list", "--name-only").split()
-    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
-    assert name not in repo.run("git", "ls-remote", origin, "refs/exps/*").stdout
+    assert not [ref for ref in origin_refs(repo) if ref.endswith(f"/{name}")]
