@@ -11,6 +11,7 @@ already on `origin` is skipped, so a trial Dask runs again (its worker died) or 
 run again trains nothing twice, and a trial that dies publishes no experiment.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -72,14 +74,22 @@ def run_trial(
     """One trial, on a Dask worker: see the module's docstring. `shares`: each host's cores
     per worker, the trial's `threads`; `stop_event`: the name of the sweep's Dask Event, set on
     Ctrl-C, which stops the trial wherever it is and publishes nothing more. Returns its name,
-    whether it was skipped (already on `origin`), its worker and its seconds."""
+    whether it was skipped (already on `origin`), its worker, its seconds and, for a trial run,
+    the seconds of each step."""
     from distributed import Event, get_worker
 
     stop = Event(stop_event).is_set
     name, start = trial_name(commit, overrides), time.monotonic()
     worker = get_worker()
     address = worker.address.removeprefix("tcp://")
-    python = sys.executable
+    python, dvc = sys.executable, [sys.executable, "-m", "dvc"]
+    steps = {}  # seconds, by step: where a trial's time goes
+
+    def step(what: str, command: list[str], cwd: Path) -> None:
+        begun = time.monotonic()
+        run_tool(command, what, cwd, stop)
+        steps[what] = round(time.monotonic() - begun, 2)
+
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
         here = Path(scratch)
         if stop():
@@ -87,20 +97,19 @@ def run_trial(
         if name in published_names(origin, here):
             return {"name": name, "skipped": True, "worker": address, "seconds": 0}
         worker.log_event(STARTED_TOPIC, {"name": name, "on": address})  # "worker": the scheduler's
-        run_tool(["git", "clone", "-q", "--no-checkout", origin, "project"], "git clone", here)
+        step("git clone", ["git", "clone", "-q", "--no-checkout", origin, "project"], here)
         project = here / "project"
-        run_tool(["git", "checkout", "-q", commit], f"git checkout {commit[:7]}", project)
+        step("git checkout", ["git", "checkout", "-q", commit], project)
         threads = shares.get(host(address), 1)
         settings = [arg for override in overrides for arg in ("-S", override)]
-        experiment = [python, "-m", "dvc", "exp", "run", "--pull", "-n", name, *settings]
-        run_tool([*experiment, "-S", f"threads={threads}"], "dvc exp run", project, stop)
+        settings += ["-S", f"threads={threads}"]
+        step("dvc exp run", [*dvc, "exp", "run", "--pull", "-n", name, *settings], project)
         # Published only now, all three, so that a trial that died left no experiment.
-        dvc = [python, "-m", "dvc"]
-        run_tool([*dvc, "push", "-q"], f"{name}: dvc push", project, stop)
-        run_tool([python, "-m", "mnist_cnn", "push-run-cache"], "push-run-cache", project, stop)
-        run_tool([*dvc, "exp", "push", "origin", name], f"{name}: exp push", project, stop)
+        step("dvc push", [*dvc, "push", "-q"], project)
+        step("push-run-cache", [python, "-m", "mnist_cnn", "push-run-cache"], project)
+        step("dvc exp push", [*dvc, "exp", "push", "origin", name], project)
     seconds = round(time.monotonic() - start, 1)
-    return {"name": name, "skipped": False, "worker": address, "seconds": seconds}
+    return {"name": name, "skipped": False, "worker": address, "seconds": seconds, "steps": steps}
 
 
 def installed(names: list[str]) -> dict[str, str | None]:
@@ -168,9 +177,10 @@ def check_workspace() -> tuple[str, str]:
     return commit, origin.strip()
 
 
-def connect(scheduler: str | None):  # -> distributed.Client
-    """A client of the cluster at `scheduler`, or of a cluster on this machine: one
-    single-threaded worker per core."""
+@contextlib.contextmanager
+def connect(scheduler: str | None) -> Iterator:  # Iterator[distributed.Client]
+    """A client of the cluster at `scheduler`, or of a cluster started on this machine (one
+    single-threaded worker per core) and closed with it."""
     from distributed import Client, LocalCluster
 
     from mnist_cnn.tensorflow_setup import available_cores
@@ -189,14 +199,18 @@ def connect(scheduler: str | None):  # -> distributed.Client
             )
         finally:
             signal.signal(signal.SIGINT, previous)
-        return Client(cluster)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
     try:
-        return Client(scheduler, timeout=SCHEDULER_TIMEOUT_SECONDS)
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_SECONDS)
     except (OSError, TimeoutError) as error:
         raise PipelineError(
             f"sweep: the Dask scheduler at {scheduler} did not answer within "
             f"{SCHEDULER_TIMEOUT_SECONDS} s ({one_line(str(error))})"
         ) from None
+    with client:
+        yield client
 
 
 def host(address: str) -> str:
@@ -248,8 +262,6 @@ def table(rows: list[tuple[str, list[str], dict]]) -> str:
 def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
     """Run every point of the grid on the cluster, pull the experiments, print their table;
     1 if any trial failed, each named with its error on stderr."""
-    from distributed import Event, as_completed, wait
-
     points = grid(overrides)
     if len(points) > MAX_TRIALS and not yes:
         raise PipelineError(
@@ -258,51 +270,65 @@ def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:
     commit, origin = check_workspace()
     with connect(scheduler) as client:
         check_workers(client)
-        shares = core_shares(client)
-        workers = len(client.scheduler_info()["workers"])
-        print(f"{len(points)} trials of commit {commit[:7]} on {workers} Dask workers", flush=True)
-        params = {trial_name(commit, point): point for point in points}
-
-        def started(event: tuple[float, dict]) -> None:
-            name, worker = event[1]["name"], event[1]["on"]
-            print(f"    {name} ({' '.join(params[name])}): running on worker {worker}", flush=True)
-
-        client.subscribe_topic(STARTED_TOPIC, started)
-        stop = Event(f"mnist-cnn-sweep-{uuid.uuid4().hex}", client=client)
-        futures = {
-            client.submit(run_trial, origin, commit, point, shares, stop.name, pure=False): point
-            for point in points
-        }
-        done, failed = {}, []  # done: the points that finished, by their experiment's name
-        try:
-            for count, future in enumerate(as_completed(futures), 1):
-                point = futures[future]
-                name = trial_name(commit, point)
-                try:
-                    result = future.result()
-                except Exception as error:
-                    failed.append(f"{name} ({' '.join(point)}): {one_line(str(error))}")
-                    print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): failed", flush=True)
-                    continue
-                done[name] = point
-                how = (
-                    "already on origin"
-                    if result["skipped"]
-                    else (f"done on worker {result['worker']} in {result['seconds']} s")
-                )
-                print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): {how}", flush=True)
-        except KeyboardInterrupt:
-            # Every trial not done stops: a running one kills its run and publishes nothing
-            # more; one not started ends at once. Waited for, so that on a cluster of this
-            # machine none is cut off half-way when the cluster closes.
-            print("sweep: stopping the trials not done; they publish nothing", file=sys.stderr)
-            stop.set()
-            wait(list(futures), timeout=STOP_TIMEOUT_SECONDS)
-            raise
+        done, failed = run_trials(client, origin, commit, points)
     if done:
         run_tool([sys.executable, "-m", "dvc", "exp", "pull", "origin", *done], "dvc exp pull")
         metrics = experiment_metrics(list(done))
-        print(table([(name, point, metrics[name]) for name, point in done.items()]))
+        print(table([(name, done[name]["point"], metrics[name]) for name in done]))
     for line in failed:
         print(f"error: sweep: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run_trials(
+    client, origin: str, commit: str, points: list[list[str]]
+) -> tuple[dict[str, dict], list[str]]:
+    """Every point a trial on the cluster, a line printed as each starts and ends. Returns the
+    trials that finished (run_trial's results, with their point, by name) and a line for each
+    that failed. Ctrl-C stops them all (a KeyboardInterrupt, once they have)."""
+    from distributed import Event, as_completed, wait
+
+    shares = core_shares(client)
+    workers = len(client.scheduler_info()["workers"])
+    print(f"{len(points)} trials of commit {commit[:7]} on {workers} Dask workers", flush=True)
+    params = {trial_name(commit, point): point for point in points}
+
+    def started(event: tuple[float, dict]) -> None:
+        name, worker = event[1]["name"], event[1]["on"]
+        print(f"    {name} ({' '.join(params[name])}): running on worker {worker}", flush=True)
+
+    client.subscribe_topic(STARTED_TOPIC, started)
+    stop = Event(f"mnist-cnn-sweep-{uuid.uuid4().hex}", client=client)
+    futures = {
+        client.submit(run_trial, origin, commit, point, shares, stop.name, pure=False): point
+        for point in points
+    }
+    done, failed = {}, []
+    try:
+        for count, future in enumerate(as_completed(futures), 1):
+            point = futures[future]
+            name = trial_name(commit, point)
+            try:
+                result = future.result()
+            except Exception as error:
+                failed.append(f"{name} ({' '.join(point)}): {one_line(str(error))}")
+                print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): failed", flush=True)
+                continue
+            done[name] = {**result, "point": point}
+            how = (
+                "already on origin"
+                if result["skipped"]
+                else (f"done on worker {result['worker']} in {result['seconds']} s")
+            )
+            print(f"[{count}/{len(points)}] {name} ({' '.join(point)}): {how}", flush=True)
+    except KeyboardInterrupt:
+        # Every trial not done stops: a running one kills its run and publishes nothing more;
+        # one not started ends at once. Waited for, so that on a cluster of this machine none
+        # is cut off half-way when the cluster closes.
+        print("sweep: stopping the trials not done; they publish nothing", file=sys.stderr)
+        stop.set()
+        wait(list(futures), timeout=STOP_TIMEOUT_SECONDS)
+        raise
+    finally:
+        client.unsubscribe_topic(STARTED_TOPIC)
+    return done, failed
