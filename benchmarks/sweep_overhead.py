@@ -110,8 +110,19 @@ def dvc_queue(project: Path) -> dict:
             if "Failed" in status:
                 sys.exit(f"error: dvc queue: a run failed:\n{status}")
             time.sleep(1)
-    subprocess.run(["pkill", "-f", f"queue-worker.*{project.name}"], check=False)
+    end_lingering_queue_workers(project)
     return seconds
+
+
+def end_lingering_queue_workers(project: Path) -> None:
+    """End the queue's worker processes that run in `project` and stayed on after the queue was
+    done (treeverse/dvc#10398); no other process."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command, cwd = " ".join(process.info["cmdline"] or []), process.info["cwd"]
+        if "queue-worker" in command and cwd and Path(cwd).is_relative_to(project):
+            process.kill()
 
 
 def mnist_cnn_sweep(project: Path) -> tuple[dict, dict]:

@@ -56,9 +56,9 @@ def dask_cluster(folder: Path, env: dict[str, str], workers: int = 2) -> Iterato
         with Client(address, timeout=30) as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
-    finally:
+    finally:  # killed: a graceful stop held each test worker 8 s, and nothing is left to save
         for process in processes:
-            process.terminate()
+            process.kill()
         for process in processes:
             process.wait(timeout=30)
 
