@@ -138,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
         "Every combination of the -S values (dvc exp run --queue's grammar) is one trial: a\n"
         "clone of this commit from origin, `dvc exp run --pull`, then dvc push, push-run-cache\n"
         "and dvc exp push. The experiments are pulled here at the end and shown in a table.\n"
-        "A trial already on origin is skipped. Exit status 1 if any trial failed.",
+        "A trial already on origin is skipped. Exit status 1 if any trial failed. Ctrl-C\n"
+        "stops every trial not done, and publishes nothing of them.",
     )
     sub.add_argument(
         "-S",
