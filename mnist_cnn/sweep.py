@@ -137,7 +137,7 @@ def check_workers(client) -> None:
     here = installed(names)
     try:
         there = client.run(installed, names)
-    except (ModuleNotFoundError, ImportError) as error:  # a worker without the project
+    except Exception as error:  # a worker could not load the check: no project, or a broken one
         raise PipelineError(
             f"sweep: a Dask worker cannot run the project's code ({one_line(str(error))}); "
             f"install it on every worker host (pip install --no-deps -e .)"
