@@ -168,13 +168,18 @@ def check_workspace() -> tuple[str, str]:
             " data and models through"
         )
     commit = run_tool(["git", "rev-parse", "HEAD"], "git rev-parse").strip()
-    origin = run_tool(["git", "remote", "get-url", "origin"], "sweep: no git remote 'origin'")
+    origin = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True)
+    if origin.returncode != 0:
+        raise PipelineError(
+            "sweep: no git remote 'origin'; add the repository the workers clone from"
+            " (git remote add origin URL) and push this commit there"
+        )
     run_tool(["git", "fetch", "-q", "origin"], "git fetch origin")
     if not run_tool(["git", "branch", "-r", "--contains", commit], "git branch").strip():
         raise PipelineError(
             f"sweep: commit {commit[:7]} is not on origin; git push it first (the workers clone it)"
         )
-    return commit, origin.strip()
+    return commit, origin.stdout.strip()
 
 
 @contextlib.contextmanager

@@ -183,6 +183,13 @@ def test_what_a_sweep_refuses_each_in_one_line(team, tmp_path, closed_port_url):
     repo.dvc("remote", "remove", "storage")
     repo.commit("no DVC remote")
     assert error_line(sweep(repo, "-S", GRID)).startswith("error: sweep: no default DVC remote")
+    repo.dvc("remote", "add", "-d", "storage", str(tmp_path / "dvc-remote"))
+    repo.run("git", "remote", "remove", "origin")
+    repo.commit("no git remote")
+    assert error_line(sweep(repo, "-S", GRID)) == (
+        "error: sweep: no git remote 'origin'; add the repository the workers clone from"
+        " (git remote add origin URL) and push this commit there"
+    )
 
 
 def trial_processes(names: list[str]) -> list[psutil.Process]:
