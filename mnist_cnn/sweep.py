@@ -8,7 +8,8 @@ A trial, on a worker: a fresh clone of the sweep's commit from `origin`; `dvc ex
 with the trial's params and a name fixed by the commit and the params; then, only once the run
 has succeeded, `dvc push`, `push-run-cache` and `dvc exp push origin NAME`. A trial whose name is
 already on `origin` is skipped, so a trial Dask runs again (its worker died) or the same sweep
-run again trains nothing twice, and a trial that dies publishes no experiment.
+run again trains nothing twice, and a trial that dies publishes no experiment. Before any trial,
+each worker's packages are checked against this machine's; Ctrl-C stops every trial not done.
 """
 
 import contextlib
