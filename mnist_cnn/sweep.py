@@ -36,6 +36,8 @@ MAX_TRIALS = 16
 # How long the scheduler at --scheduler has to answer.
 SCHEDULER_TIMEOUT_SECONDS = 10
 METRICS = {"metrics/train.json": "val_accuracy", "metrics/evaluate.json": "accuracy"}
+# The widest the results' table may be: a terminal's 120 columns.
+TABLE_COLUMNS = 120
 # The topic on which a trial tells the sweep it has started, and on which worker.
 STARTED_TOPIC = "mnist-cnn-sweep-started"
 # After Ctrl-C, how long the running trials have to stop and clean up.
@@ -249,20 +251,27 @@ def experiment_metrics(names: list[str]) -> dict[str, dict[str, float | None]]:
 
 
 def table(rows: list[tuple[str, list[str], dict]]) -> str:
-    """Experiment, the params the grid sets, validation and test accuracy: one line each."""
+    """Experiment, the params the grid sets, validation and test accuracy: one line each, in at
+    most TABLE_COLUMNS columns. Where the params' full names make it wider, they are shortened
+    to their last part (`train.learning_rate`: `learning_rate`); where even that is too wide,
+    the params are left out (the progress lines above have them)."""
     keys = list(dict.fromkeys(o.split("=", 1)[0] for _, overrides, _ in rows for o in overrides))
-    header = ["Experiment", *keys, "val_accuracy", "accuracy"]
-    lines = [header]
-    for name, overrides, metrics in rows:
-        values = dict(o.split("=", 1) for o in overrides)
-        cells = [name, *(values.get(key, "") for key in keys)]
-        cells += [f"{metrics[m]:.4f}" if metrics[m] is not None else "-" for m in METRICS.values()]
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    short = [key.rsplit(".", 1)[-1] for key in keys]
+    headers = [keys, short] if len(set(short)) == len(short) else [keys]
+    for names in [*headers, []]:
+        lines = [["Experiment", *names, *METRICS.values()]]
+        for name, overrides, metrics in rows:
+            values = dict(o.split("=", 1) for o in overrides)
+            scores = [f"{metrics[m]:.4f}" if metrics[m] is not None else "-" for m in metrics]
+            lines.append([name, *(values.get(key, "") for key in keys[: len(names)]), *scores])
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        text = [
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            for line in lines
+        ]
+        if max(map(len, text)) <= TABLE_COLUMNS:
+            break
+    return "\n".join(text)
 
 
 def sweep(overrides: list[str], scheduler: str | None, yes: bool) -> int:

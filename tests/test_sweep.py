@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from mnist_cnn.fetch import MIRROR_ENV
-from mnist_cnn.sweep import MAX_TRIALS, grid, trial_name
+from mnist_cnn.sweep import MAX_TRIALS, TABLE_COLUMNS, grid, table, trial_name
 from mnist_cnn.tensorflow_setup import available_cores
 from tests.helpers import (
     S3_BUCKET,
@@ -384,3 +384,22 @@ def test_a_trial_that_fails_fails_alone(team, cluster):
     assert "a diverged run (train.learning_rate 1e+30 too high?)" in line
     assert good in repo.dvc("exp", "list", "--name-only").split()
     assert not [ref for ref in origin_refs(repo) if ref.endswith(f"/{name}")]
+
+
+def test_the_results_table_fits_a_terminal_whatever_the_grid():
+    """Full param names where they fit; their last parts where those fit; else no params."""
+    scores = {"val_accuracy": 0.98765, "accuracy": None}
+
+    def header(keys: list[str]) -> list[str]:
+        point = [f"{key}=0.005" for key in keys]
+        shown = table([("sweep-0123456789", point, scores)]).splitlines()
+        assert all(len(line) <= TABLE_COLUMNS for line in shown), shown
+        row = shown[1].split()
+        assert row[0] == "sweep-0123456789" and row[-2:] == ["0.9877", "-"], shown
+        return shown[0].split()[1:-2]
+
+    assert header(["train.learning_rate"]) == ["train.learning_rate"]
+    five = ["train.learning_rate", "train.batch_size", "model.conv_filters", "model.dense_units"]
+    five.append("train.warmup_epochs")  # in full, 141 columns
+    assert header(five) == [key.split(".")[1] for key in five]
+    assert header([f"train.a_setting_whose_name_never_ends_{n}" for n in range(4)]) == []
