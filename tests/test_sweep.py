@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,43 +25,62 @@ from tests.helpers import (
     S3_CREDENTIALS,
     Repo,
     copy_repository,
+    documented_code_block,
     documented_line,
     error_line,
     project_environment,
 )
 
-DASK = Path(sys.executable).parent / "dask"
+DASK = str(Path(sys.executable).parent / "dask")
 GRID = "train.learning_rate=0.005,0.02"
 
 
 @contextlib.contextmanager
-def dask_cluster(folder: Path, env: dict[str, str], workers: int = 2) -> Iterator[str]:
-    """A scheduler and `workers` single-threaded workers: the docs' two commands, on 127.0.0.1,
-    with a free port and no dashboard. Yields the scheduler's address."""
+def dask_cluster(
+    folder: Path, env: dict[str, str], scheduler: list[str], worker: list[str], workers: int = 2
+) -> Iterator[str]:
+    """The `scheduler` command, then `workers` times the `worker` command, which names the
+    scheduler's address (tcp://127.0.0.1:PORT), in `folder`; once the scheduler has them all,
+    yields that address. Ended by SIGKILL: a graceful stop held each test worker 8 s, and
+    nothing is left to save."""
     folder.mkdir(parents=True, exist_ok=True)
-    scheduler_file = folder / "scheduler.json"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder, "env": env}
-    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-    processes = [subprocess.Popen([*scheduler, "--scheduler-file", scheduler_file], **quiet)]
+    address = next(argument for argument in worker if argument.startswith("tcp://"))
+    port = int(address.rsplit(":", 1)[1])
+    processes = [subprocess.Popen(scheduler, **quiet)]
     try:
         deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
+        while not listening(port):
+            assert processes[0].poll() is None, f"the scheduler ended: {scheduler}"
             assert time.monotonic() < deadline, "the scheduler did not start"
             time.sleep(0.2)
-        address = json.loads(scheduler_file.read_text())["address"]
-        for _ in range(workers):
-            worker = [DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
-            processes.append(subprocess.Popen([*worker, "--no-dashboard"], **quiet))
+        processes += [subprocess.Popen(worker, **quiet) for _ in range(workers)]
         from distributed import Client
 
         with Client(address, timeout=30) as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
-    finally:  # killed: a graceful stop held each test worker 8 s, and nothing is left to save
+    finally:
         for process in processes:
             process.kill()
         for process in processes:
             process.wait(timeout=30)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def quiet_cluster(folder: Path, env: dict[str, str], workers: int = 2):
+    """A scheduler on 127.0.0.1 at a free port and `workers` workers, without dashboards: for
+    the tests that may run beside others."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    worker = [DASK, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--host", "127.0.0.1"]
+    return dask_cluster(folder, env, scheduler, [*worker, "--no-dashboard"], workers)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +94,7 @@ def cluster(tmp_path_factory, workers_tmp) -> Iterator[str]:
     """Two workers, with the S3 server's dummy credentials (a DVC remote's, as a worker host
     has them) and their own temporary folder."""
     env = project_environment(**S3_CREDENTIALS, TMPDIR=str(workers_tmp))
-    with dask_cluster(tmp_path_factory.mktemp("dask"), env) as address:
+    with quiet_cluster(tmp_path_factory.mktemp("dask"), env) as address:
         yield address
 
 
@@ -98,11 +118,28 @@ def sweep(repo: Repo, *arguments: str) -> subprocess.CompletedProcess:
     return repo.run(sys.executable, "-m", "mnist_cnn", "sweep", *arguments, check=False)
 
 
+def documented_cluster(folder: Path) -> contextlib.AbstractContextManager[str]:
+    """The docs' two lines, exactly as written, with HOST the scheduler's (127.0.0.1; the
+    workers then listen there too): the scheduler on its default port, two workers."""
+    scheduler, worker = [
+        shlex.split(line.replace("HOST", "127.0.0.1"), comments=True)
+        for line in documented_code_block("dask scheduler").splitlines()
+        if line.strip()
+    ]
+    assert scheduler == ["dask", "scheduler"] and worker[:2] == ["dask", "worker"]
+    path = {"PATH": f"{Path(DASK).parent}{os.pathsep}{os.environ['PATH']}"}  # `dask` as installed
+    return dask_cluster(folder, project_environment(**path), scheduler, worker, workers=2)
+
+
 @pytest.mark.e2e
 def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_training(
-    team, cluster, tmp_path
+    team, tmp_path
 ):
-    swept = sweep(team, "-S", GRID, "--scheduler", cluster)
+    """On a cluster started by the docs' two lines: both trials run and done on a worker, each
+    an experiment with its metrics and its worker's share of threads; a teammate's clone gets
+    one without training; the docs' line on a cluster of this machine finds both done."""
+    with documented_cluster(tmp_path / "dask") as address:
+        swept = sweep(team, "-S", GRID, "--scheduler", address)
     assert swept.returncode == 0, swept.stderr
     commit = team.run("git", "rev-parse", "HEAD").stdout.strip()
     names = {trial_name(commit, [f"train.learning_rate={rate}"]): rate for rate in (0.005, 0.02)}
@@ -283,7 +320,7 @@ def test_workers_with_another_environment_are_refused(team, tmp_path):
     for case, first in (("other", other), ("broken", broken.parent)):
         env = project_environment()
         env["PYTHONPATH"] = os.pathsep.join([str(first), env["PYTHONPATH"]])
-        with dask_cluster(tmp_path / f"dask-{case}", env, workers=1) as address:
+        with quiet_cluster(tmp_path / f"dask-{case}", env, workers=1) as address:
             refused[case] = sweep(repo, "-S", GRID, "--scheduler", address)
         assert "trials of commit" not in refused[case].stdout
 
