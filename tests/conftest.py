@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,26 @@ def sigint_handler_kept() -> Iterator[None]:
     yield
     after = signal.getsignal(signal.SIGINT)
     assert after is before, f"SIGINT's handler left as {after!r}, was {before!r}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_outside(tmp_path_factory) -> Iterator[None]:
+    """What the tests and the programs they start write as temporary files goes under pytest's
+    own folder, which pytest prunes, not the machine's: TensorFlow's autograph files (left by
+    the processes a test kills), uv's lock files, DVC's. And DVC sends no usage report: outside
+    a repository whose config turns it off (`dvc get`, its own daemon), it tried to reach its
+    server, a network target the tests must not have, and left its report in /tmp."""
+    folder = tmp_path_factory.mktemp("tmp")
+    before = {name: os.environ.get(name) for name in ("TMPDIR", "DVC_NO_ANALYTICS")}
+    os.environ.update(TMPDIR=str(folder), DVC_NO_ANALYTICS="1")
+    tempfile.tempdir = None  # this process's too: read again from TMPDIR
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = None
 
 
 @pytest.fixture
