@@ -32,6 +32,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mnist_cnn.errors import PipelineError
+from mnist_cnn.tools import run_tool
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RATES = ["0.004", "0.008", "0.016", "0.032"]  # none the committed rate: every trial trains
 QUICK = ("  max_train_images:\n", "  max_train_images: 5000\n")
@@ -39,15 +42,12 @@ WORKERS = 2
 
 
 def run(command: list[str], cwd: Path) -> str:
-    """Run a command of the benchmark's; its output, or exit with what it printed."""
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command)}: {(result.stderr or result.stdout).strip()}")
-    return result.stdout
+    """Run a command of the benchmark's (git): its output, or a PipelineError that says why."""
+    return run_tool(command, " ".join(command[:2]), cwd)
 
 
 def dvc(*arguments: str, cwd: Path) -> str:
-    return run([sys.executable, "-m", "dvc", *arguments], cwd)
+    return run_tool([sys.executable, "-m", "dvc", *arguments], f"dvc {arguments[0]}", cwd)
 
 
 def baseline(folder: Path) -> Path:
@@ -205,4 +205,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PipelineError as error:
+        sys.exit(f"error: {error}")

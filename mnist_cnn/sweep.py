@@ -93,10 +93,10 @@ def run_trial(
         run_tool(command, what, cwd, stop)
         steps[what] = round(time.monotonic() - begun, 2)
 
+    if stop():
+        raise Stopped(f"{name}: stopped before it started")
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
         here = Path(scratch)
-        if stop():
-            raise Stopped(f"{name}: stopped before it started")
         if name in published_names(origin, here):
             return {"name": name, "skipped": True, "worker": address, "seconds": 0}
         worker.log_event(STARTED_TOPIC, {"name": name, "on": address})  # "worker": the scheduler's
@@ -262,7 +262,8 @@ def table(rows: list[tuple[str, list[str], dict]]) -> str:
         lines = [["Experiment", *names, *METRICS.values()]]
         for name, overrides, metrics in rows:
             values = dict(o.split("=", 1) for o in overrides)
-            scores = [f"{metrics[m]:.4f}" if metrics[m] is not None else "-" for m in metrics]
+            scores = [metrics[m] for m in METRICS.values()]
+            scores = [f"{score:.4f}" if score is not None else "-" for score in scores]
             lines.append([name, *(values.get(key, "") for key in keys[: len(names)]), *scores])
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         text = [

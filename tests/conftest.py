@@ -3,7 +3,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.helpers import (
     built_once,
     copy_project,
     copy_repository,
+    free_port,
     mnist_folder,
     params_with,
     s3_client,
@@ -79,10 +79,7 @@ def file_server() -> Iterator[FileServer]:
 @pytest.fixture
 def closed_port_url() -> str:
     """A 127.0.0.1 URL nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 @pytest.fixture(scope="module")

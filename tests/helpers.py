@@ -5,6 +5,7 @@ import gzip
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -513,3 +514,11 @@ def s3_client(endpoint: str):  # -> a boto3 S3 client
         aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
     )
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (for a URL that cannot answer, or a server of
+    the tests' own to take)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

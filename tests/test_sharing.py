@@ -25,6 +25,7 @@ from tests.helpers import (
     Repo,
     copy_repository,
     documented_code_block,
+    free_port,
     s3_client,
     stages_run,
 )
@@ -225,12 +226,6 @@ def test_a_shared_folder_serves_as_remote(team, tmp_path):
     assert b.repro() == []
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def cache_listing(repo: Repo) -> dict[str, bytes]:
     cache = repo.root / ".dvc/cache"
     return {str(p.relative_to(cache)): p.read_bytes() for p in cache.rglob("*") if p.is_file()}
@@ -248,7 +243,7 @@ def test_push_to_a_broken_remote_fails_and_keeps_the_cache(team, setting, value)
     repo.dvc("pull", "--run-cache")
     assert repo.run_records()  # something to push
     if value == "unreachable":
-        value = f"http://127.0.0.1:{closed_port()}"
+        value = f"http://127.0.0.1:{free_port()}"
     repo.dvc("remote", "modify", "storage", setting, value)
     before = cache_listing(repo)
     failed = repo.dvc_fails("push")

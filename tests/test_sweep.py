@@ -28,6 +28,7 @@ from tests.helpers import (
     documented_code_block,
     documented_line,
     error_line,
+    free_port,
     project_environment,
 )
 
@@ -75,9 +76,7 @@ def listening(port: int) -> bool:
 def quiet_cluster(folder: Path, env: dict[str, str], workers: int = 2):
     """A scheduler on 127.0.0.1 at a free port and `workers` workers, without dashboards: for
     the tests that may run beside others."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = [DASK, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--host", "127.0.0.1"]
     return dask_cluster(folder, env, scheduler, [*worker, "--no-dashboard"], workers)
@@ -149,7 +148,7 @@ def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_train
         done = re.findall(rf"\] {point}: done on worker ", swept.stdout)
         assert len(running) == len(done) == 1, swept.stdout
     lines = swept.stdout.splitlines()
-    assert all(len(line) <= 120 for line in lines), swept.stdout
+    assert all(len(line) <= TABLE_COLUMNS for line in lines), swept.stdout
     header = next(line for line in lines if line.startswith("Experiment"))
     assert header.split() == ["Experiment", "train.learning_rate", "val_accuracy", "accuracy"]
 
