@@ -1,5 +1,6 @@
 """Sweeps on a real Dask cluster: a `dask scheduler` and two `dask worker --nthreads 1` processes
-on 127.0.0.1, a bare git repository as `origin`, a folder as the DVC remote; no mocks."""
+on 127.0.0.1, a bare git repository as `origin`, a folder or the S3 server (moto's, on 127.0.0.1)
+as the DVC remote; no mocks."""
 
 import contextlib
 import json
@@ -117,9 +118,12 @@ def sweep(repo: Repo, *arguments: str) -> subprocess.CompletedProcess:
     return repo.run(sys.executable, "-m", "mnist_cnn", "sweep", *arguments, check=False)
 
 
-def documented_cluster(folder: Path) -> contextlib.AbstractContextManager[str]:
+def documented_cluster(
+    folder: Path, credentials: dict[str, str]
+) -> contextlib.AbstractContextManager[str]:
     """The docs' two lines, exactly as written, with HOST the scheduler's (127.0.0.1; the
-    workers then listen there too): the scheduler on its default port, two workers."""
+    workers then listen there too): the scheduler on its default port, two workers, on hosts
+    with the DVC remote's `credentials`."""
     scheduler, worker = [
         shlex.split(line.replace("HOST", "127.0.0.1"), comments=True)
         for line in documented_code_block("dask scheduler").splitlines()
@@ -127,32 +131,86 @@ def documented_cluster(folder: Path) -> contextlib.AbstractContextManager[str]:
     ]
     assert scheduler == ["dask", "scheduler"] and worker[:2] == ["dask", "worker"]
     path = {"PATH": f"{Path(DASK).parent}{os.pathsep}{os.environ['PATH']}"}  # `dask` as installed
-    return dask_cluster(folder, project_environment(**path), scheduler, worker, workers=2)
+    env = project_environment(**path, **credentials)
+    return dask_cluster(folder, env, scheduler, worker, workers=2)
+
+
+def trial_processes(names: list[str]) -> list[psutil.Process]:
+    """The `dvc exp run` of each trial named running on this machine (other tests' trials may
+    run beside them)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "exp" in command and "run" in command and set(names) & set(command):
+            found.append(process)
+    return found
+
+
+def origin_refs(repo: Repo) -> list[str]:
+    """The experiment refs on the repository's `origin`."""
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    return repo.run("git", "ls-remote", origin, "refs/exps/*").stdout.split()[1::2]
+
+
+def on_s3(team: Repo, folder: Path, endpoint: str) -> Repo:
+    """A copy of the team's repository whose DVC remote is a bucket on the S3 server, the
+    baseline pushed there, the change on origin (pushed to a branch of its own)."""
+    repo = copy_repository(team.root, folder, {**team.env, **S3_CREDENTIALS})
+    repo.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/{folder.name}")
+    repo.dvc("remote", "modify", "storage", "endpointurl", endpoint)
+    repo.commit("the team's remote on S3")
+    repo.run("git", "push", "-q", "origin", f"HEAD:{folder.name}")
+    repo.dvc("push", "-q")
+    return repo
 
 
 @pytest.mark.e2e
-def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_training(
-    team, tmp_path
+def test_a_sweep_survives_a_killed_worker_and_a_teammate_gets_each_trial_without_training(
+    team, s3_endpoint, tmp_path
 ):
-    """On a cluster started by the docs' two lines: both trials run and done on a worker, each
-    an experiment with its metrics and its worker's share of threads; a teammate's clone gets
-    one without training; the docs' line on a cluster of this machine finds both done."""
-    with documented_cluster(tmp_path / "dask") as address:
-        swept = sweep(team, "-S", GRID, "--scheduler", address)
-    assert swept.returncode == 0, swept.stderr
-    commit = team.run("git", "rev-parse", "HEAD").stdout.strip()
+    """On a cluster started by the docs' two lines, with the S3 server as the DVC remote: the
+    worker running one trial SIGKILLed mid-training, Dask runs that trial again (its nanny
+    restarts the worker) and the sweep completes. Each point is one experiment on origin, with
+    its metrics and its worker's share of threads, and is shown in the results' table; a
+    teammate's clone gets the killed trial's model without training; the docs' line, as
+    written, on a cluster of this machine finds both done. (One sweep for all of it: each trial
+    is a real pipeline run.)"""
+    repo = on_s3(team, team.root.parent / "user-grid", s3_endpoint)
+    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
     names = {trial_name(commit, [f"train.learning_rate={rate}"]): rate for rate in (0.005, 0.02)}
-    for name in names:  # the progress: each trial running, then done, on a worker
+    with documented_cluster(tmp_path / "dask", S3_CREDENTIALS) as address:
+        sweep_run = subprocess.Popen(
+            [sys.executable, "-m", "mnist_cnn", "sweep", "-S", GRID, "--scheduler", address],
+            cwd=repo.root,
+            env=repo.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 300  # guards the suite only
+        while not (running := trial_processes(list(names))):
+            assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
+            time.sleep(0.2)
+        killed = running[0]
+        (killed_name,) = set(names) & set(killed.cmdline())
+        killed.parent().kill()  # the worker process, under its nanny
+        output, errors = sweep_run.communicate(timeout=600)
+    assert sweep_run.returncode == 0, errors
+
+    for name in names:  # the progress: each trial running on a worker (twice if killed), done
         point = rf"{name} \(train.learning_rate=\S+\)"
-        running = re.findall(rf"{point}: running on worker \S+", swept.stdout)
-        done = re.findall(rf"\] {point}: done on worker ", swept.stdout)
-        assert len(running) == len(done) == 1, swept.stdout
-    lines = swept.stdout.splitlines()
-    assert all(len(line) <= TABLE_COLUMNS for line in lines), swept.stdout
+        running = re.findall(rf"{point}: running on worker \S+", output)
+        done = re.findall(rf"\] {point}: done on worker ", output)
+        assert (len(running), len(done)) == (2 if name == killed_name else 1, 1), output
+    lines = output.splitlines()
+    assert all(len(line) <= TABLE_COLUMNS for line in lines), output
     header = next(line for line in lines if line.startswith("Experiment"))
     assert header.split() == ["Experiment", "train.learning_rate", "val_accuracy", "accuracy"]
 
-    shown = json.loads(team.dvc("exp", "show", "--json"))
+    refs = origin_refs(repo)
+    for name in names:
+        assert len([ref for ref in refs if ref.endswith(f"/{name}")]) == 1, refs
+    shown = json.loads(repo.dvc("exp", "show", "--json"))
     experiments = {
         e["name"]: e["revs"][0]["data"] for row in shown for e in row.get("experiments") or []
     }
@@ -165,27 +223,19 @@ def test_a_sweep_on_two_workers_is_two_experiments_a_teammate_gets_without_train
         assert 0.1 < accuracy <= 1
         assert f"{accuracy:.4f}" in next(line for line in lines if line.startswith(name))
 
-    # A teammate gets one trial's model from the remotes, without training it.
-    mate = Repo(tmp_path / "mate", team.env)
-    team.run(
-        "git",
-        "clone",
-        "-q",
-        team.run("git", "remote", "get-url", "origin").stdout.strip(),
-        str(mate.root),
-    )
-    name = next(iter(names))
-    mate.dvc("exp", "pull", "origin", name)
-    mate.dvc("exp", "apply", name)
+    # A teammate gets the killed trial's model from the remotes, without training it.
+    mate = Repo(tmp_path / "mate", repo.env)
+    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
+    repo.run("git", "clone", "-q", "-b", "user-grid", origin, str(mate.root))
+    mate.dvc("exp", "pull", "origin", killed_name)
+    mate.dvc("exp", "apply", killed_name)
     mate.dvc("pull", "-q")
     assert "Running stage" not in mate.dvc("repro")
-    assert (
-        json.loads(mate.read("metrics/evaluate.json"))["accuracy"]
-        == (experiments[name]["metrics"]["metrics/evaluate.json"]["data"]["accuracy"])
-    )
+    metrics = experiments[killed_name]["metrics"]["metrics/evaluate.json"]["data"]
+    assert json.loads(mate.read("metrics/evaluate.json"))["accuracy"] == metrics["accuracy"]
 
     # The documented line, as written, on a cluster of this machine: the same sweep again.
-    again = team.run(*shlex.split(documented_line("python -m mnist_cnn sweep -S "), comments=True))
+    again = repo.run(*shlex.split(documented_line("python -m mnist_cnn sweep -S "), comments=True))
     assert again.stdout.count("already on origin") == 2, again.stdout
     assert "done on" not in again.stdout
 
@@ -226,77 +276,6 @@ def test_what_a_sweep_refuses_each_in_one_line(team, tmp_path, closed_port_url):
         "error: sweep: no git remote 'origin'; add the repository the workers clone from"
         " (git remote add origin URL) and push this commit there"
     )
-
-
-def trial_processes(names: list[str]) -> list[psutil.Process]:
-    """The `dvc exp run` of each trial named running on this machine (other tests' trials may
-    run beside them)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        if "exp" in command and "run" in command and set(names) & set(command):
-            found.append(process)
-    return found
-
-
-def origin_refs(repo: Repo) -> list[str]:
-    """The experiment refs on the repository's `origin`."""
-    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
-    return repo.run("git", "ls-remote", origin, "refs/exps/*").stdout.split()[1::2]
-
-
-def on_s3(team: Repo, folder: Path, endpoint: str) -> Repo:
-    """A copy of the team's repository whose DVC remote is a bucket on the S3 server, the
-    baseline pushed there, the change on origin (pushed to a branch of its own)."""
-    repo = copy_repository(team.root, folder, {**team.env, **S3_CREDENTIALS})
-    repo.dvc("remote", "modify", "storage", "url", f"s3://{S3_BUCKET}/{folder.name}")
-    repo.dvc("remote", "modify", "storage", "endpointurl", endpoint)
-    repo.commit("the team's remote on S3")
-    repo.run("git", "push", "-q", "origin", f"HEAD:{folder.name}")
-    repo.dvc("push", "-q")
-    return repo
-
-
-@pytest.mark.e2e
-def test_a_worker_killed_mid_trial_is_survived(team, cluster, s3_endpoint, tmp_path):
-    """SIGKILL to the worker process running a trial: Dask runs the trial again on a worker,
-    the sweep completes, each grid point is one experiment on origin, and a teammate gets the
-    killed trial's model from the remote (here the S3 server) without training."""
-    repo = on_s3(team, team.root.parent / "user-kill", s3_endpoint)
-    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
-    names = [trial_name(commit, [f"train.learning_rate={rate}"]) for rate in ("0.01", "0.03")]
-    command = [sys.executable, "-m", "mnist_cnn", "sweep", "-S", "train.learning_rate=0.01,0.03"]
-    sweep_run = subprocess.Popen(
-        [*command, "--scheduler", cluster],
-        cwd=repo.root,
-        env=repo.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300  # guards the suite only
-    while not (running := trial_processes(names)):
-        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
-        time.sleep(0.2)
-    killed = running[0]
-    (killed_name,) = set(names) & set(killed.cmdline())
-    killed.parent().kill()
-    output, errors = sweep_run.communicate(timeout=600)
-    assert sweep_run.returncode == 0, errors
-    assert output.count("done on worker") == 2, output
-    assert output.count(f"{killed_name} (train.learning_rate=") == 3, output  # run, run, done
-
-    refs = origin_refs(repo)
-    for name in names:
-        assert len([ref for ref in refs if ref.endswith(f"/{name}")]) == 1, refs
-
-    mate = Repo(tmp_path / "mate", repo.env)
-    origin = repo.run("git", "remote", "get-url", "origin").stdout.strip()
-    repo.run("git", "clone", "-q", "-b", "user-kill", origin, str(mate.root))
-    mate.dvc("exp", "pull", "origin", killed_name)
-    mate.dvc("exp", "apply", killed_name)
-    mate.dvc("pull", "-q")
-    assert "Running stage" not in mate.dvc("repro")
 
 
 @pytest.mark.e2e
