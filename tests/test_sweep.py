@@ -165,22 +165,23 @@ def on_s3(team: Repo, folder: Path, endpoint: str) -> Repo:
 
 
 @pytest.mark.e2e
-def test_a_sweep_survives_a_killed_worker_and_a_teammate_gets_each_trial_without_training(
-    team, s3_endpoint, tmp_path
-):
-    """On a cluster started by the docs' two lines, with the S3 server as the DVC remote: the
-    worker running one trial SIGKILLed mid-training, Dask runs that trial again (its nanny
-    restarts the worker) and the sweep completes. Each point is one experiment on origin, with
-    its metrics and its worker's share of threads, and is shown in the results' table; a
+def test_a_sweep_survives_a_killed_worker_and_a_failed_trial(team, s3_endpoint, tmp_path):
+    """On a cluster started by the docs' two lines, with the S3 server as the DVC remote, a
+    three-point grid: the worker running one good trial SIGKILLed mid-training, Dask runs that
+    trial again (its nanny restarts the worker); a diverging rate fails its trial alone, named
+    with the train stage's line, and the sweep exits 1. Each good point is one experiment on
+    origin, with its metrics and its worker's share of threads, shown in the results' table; a
     teammate's clone gets the killed trial's model without training; the docs' line, as
     written, on a cluster of this machine finds both done. (One sweep for all of it: each trial
     is a real pipeline run.)"""
     repo = on_s3(team, team.root.parent / "user-grid", s3_endpoint)
     commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
     names = {trial_name(commit, [f"train.learning_rate={rate}"]): rate for rate in (0.005, 0.02)}
+    points = f"{GRID},1e30"
+    diverging = trial_name(commit, grid([points])[-1])  # as the sweep writes it: 1e+30
     with documented_cluster(tmp_path / "dask", S3_CREDENTIALS) as address:
         sweep_run = subprocess.Popen(
-            [sys.executable, "-m", "mnist_cnn", "sweep", "-S", GRID, "--scheduler", address],
+            [sys.executable, "-m", "mnist_cnn", "sweep", "-S", points, "--scheduler", address],
             cwd=repo.root,
             env=repo.env,
             stdout=subprocess.PIPE,
@@ -195,13 +196,19 @@ def test_a_sweep_survives_a_killed_worker_and_a_teammate_gets_each_trial_without
         (killed_name,) = set(names) & set(killed.cmdline())
         killed.parent().kill()  # the worker process, under its nanny
         output, errors = sweep_run.communicate(timeout=600)
-    assert sweep_run.returncode == 0, errors
+    assert sweep_run.returncode == 1, errors
+    (failure,) = errors.splitlines()
+    assert failure.startswith(
+        f"error: sweep: {diverging} (train.learning_rate=1e+30): dvc exp run: train:"
+    ), errors
+    assert "a diverged run (train.learning_rate 1e+30 too high?)" in failure
 
     for name in names:  # the progress: each trial running on a worker (twice if killed), done
         point = rf"{name} \(train.learning_rate=\S+\)"
         running = re.findall(rf"{point}: running on worker \S+", output)
         done = re.findall(rf"\] {point}: done on worker ", output)
         assert (len(running), len(done)) == (2 if name == killed_name else 1, 1), output
+    assert re.search(rf"\] {diverging} \(train.learning_rate=1e\+30\): failed", output), output
     lines = output.splitlines()
     assert all(len(line) <= TABLE_COLUMNS for line in lines), output
     header = next(line for line in lines if line.startswith("Experiment"))
@@ -210,6 +217,7 @@ def test_a_sweep_survives_a_killed_worker_and_a_teammate_gets_each_trial_without
     refs = origin_refs(repo)
     for name in names:
         assert len([ref for ref in refs if ref.endswith(f"/{name}")]) == 1, refs
+    assert not [ref for ref in refs if ref.endswith(f"/{diverging}")], refs
     shown = json.loads(repo.dvc("exp", "show", "--json"))
     experiments = {
         e["name"]: e["revs"][0]["data"] for row in shown for e in row.get("experiments") or []
@@ -382,23 +390,6 @@ def test_a_trials_name_is_fixed_by_the_commit_and_its_params():
     assert trial_name("a" * 40, point[::-1]) == name
     assert trial_name("b" * 40, point) != name
     assert trial_name("a" * 40, ["train.learning_rate=0.02", point[1]]) != name
-
-
-@pytest.mark.e2e
-def test_a_trial_that_fails_fails_alone(team, cluster):
-    """A diverging rate fails its trial, named with the train stage's line; the other point
-    finishes (or was already on origin) and is pulled; the sweep exits 1."""
-    repo = copy_repository(team.root, team.root.parent / "user-fail", team.env)
-    failed = sweep(repo, "-S", "train.learning_rate=0.005,1e30", "--scheduler", cluster)
-    assert failed.returncode == 1, failed.stderr
-    commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
-    good, bad = (trial_name(commit, point) for point in grid(["train.learning_rate=0.005,1e30"]))
-    name = bad
-    (line,) = failed.stderr.splitlines()
-    assert line.startswith(f"error: sweep: {bad} (train.learning_rate=1e+30): dvc exp run: train:")
-    assert "a diverged run (train.learning_rate 1e+30 too high?)" in line
-    assert good in repo.dvc("exp", "list", "--name-only").split()
-    assert not [ref for ref in origin_refs(repo) if ref.endswith(f"/{name}")]
 
 
 def test_the_results_table_fits_a_terminal_whatever_the_grid():
