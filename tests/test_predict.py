@@ -18,7 +18,13 @@ from PIL import Image
 
 from mnist_cnn.fetch import MIRROR_ENV
 from mnist_cnn.files import read_npz
-from mnist_cnn.user_images import centre_by_mass, crop_to_ink, fit_box, light_ink_on_dark
+from mnist_cnn.user_images import (
+    centre_by_mass,
+    crop_to_ink,
+    fit_box,
+    light_ink_on_dark,
+    window_extreme,
+)
 from tests.helpers import (
     PROJECT_ROOT,
     built_once,
@@ -241,6 +247,22 @@ def test_preparation_steps_on_a_drawn_digit():
     rows, columns = np.nonzero(centred > 64)
     assert centred.shape == (28, 28)
     assert abs(rows.mean() - 14) <= 0.5 and abs(columns.mean() - 14) <= 0.5
+
+
+def test_the_background_filter_is_the_square_windows_extreme():
+    """The background's local max and min, taken one axis after the other, are those of each
+    whole square window, the edges repeated past the border (as PIL's MaxFilter and MinFilter,
+    which they replace, gave them)."""
+    values = np.random.default_rng(0).random((23, 17)).astype(np.float32)
+    for size in (1, 3, 7):
+        half = size // 2
+        padded = np.pad(values, half, mode="edge")
+        for extreme in (np.max, np.min):
+            expected = [
+                [extreme(padded[row : row + size, column : column + size]) for column in range(17)]
+                for row in range(23)
+            ]
+            assert np.array_equal(window_extreme(values, size, extreme), np.array(expected))
 
 
 @pytest.mark.cli
