@@ -402,13 +402,12 @@ def test_readme_deeper_model_as_written(built, precision):
 def test_readme_sweep_as_written(built):
     """The sweep's lines, exactly as written: queued, each point the committed params but for
     what it sets, run two at a time, watched with `dvc queue status`, shown in 120 columns
-    with none folded away. In the precision `auto`
-    picks here, as a user's sweep (on an AVX512-BF16 CPU, `vs_float32` is a changed column);
-    both precisions through `dvc exp run` are checked by the quick experiment and the deeper
-    model. The committed params at `threads: 0`, the published value, as a user's: so the
-    sweep's `-S threads=1` is a changed column too, and its point at the quick params' rate
-    is the baseline's run, restored from the run-cache (DVC's behaviour, and one training
-    fewer)."""
+    with none folded away. In the precision `auto` picks here, as a user's sweep (on an
+    AVX512-BF16 CPU, `vs_float32` is a changed column); both precisions through `dvc exp run`
+    are checked by the quick experiment and the deeper model. The committed params at
+    `threads: 0`, the published value, as a user's: so the sweep's `-S threads=1` is a changed
+    column too, and its point at the quick params' rate is the baseline's run, restored from
+    the run-cache (DVC's behaviour, and one training fewer)."""
     built.set_params({"threads": 0})
     built.commit("threads as published")
     repo = built
