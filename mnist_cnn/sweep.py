@@ -256,15 +256,17 @@ def table(rows: list[tuple[str, list[str], dict]]) -> str:
     to their last part (`train.learning_rate`: `learning_rate`); where even that is too wide,
     the params are left out (the progress lines above have them)."""
     keys = list(dict.fromkeys(o.split("=", 1)[0] for _, overrides, _ in rows for o in overrides))
+    cells = []  # per row: the experiment, each key's value, the scores
+    for name, overrides, metrics in rows:
+        values = dict(o.split("=", 1) for o in overrides)
+        scores = [metrics[m] for m in METRICS.values()]
+        scores = [f"{score:.4f}" if score is not None else "-" for score in scores]
+        cells.append((name, [values.get(key, "") for key in keys], scores))
     short = [key.rsplit(".", 1)[-1] for key in keys]
     headers = [keys, short] if len(set(short)) == len(short) else [keys]
     for names in [*headers, []]:
         lines = [["Experiment", *names, *METRICS.values()]]
-        for name, overrides, metrics in rows:
-            values = dict(o.split("=", 1) for o in overrides)
-            scores = [metrics[m] for m in METRICS.values()]
-            scores = [f"{score:.4f}" if score is not None else "-" for score in scores]
-            lines.append([name, *(values.get(key, "") for key in keys[: len(names)]), *scores])
+        lines += [[name, *values[: len(names)], *scores] for name, values, scores in cells]
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         text = [
             "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()

@@ -135,6 +135,31 @@ def documented_cluster(
     return dask_cluster(folder, env, scheduler, worker, workers=2)
 
 
+def start_sweep(repo: Repo, *arguments: str, own_session: bool = False) -> subprocess.Popen:
+    """`python -m mnist_cnn sweep <arguments>` started in `repo`, its output piped; in a
+    process group of its own if `own_session` (for Ctrl-C, as a terminal sends it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_cnn", "sweep", *arguments],
+        cwd=repo.root,
+        env=repo.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=own_session,
+    )
+
+
+def trials_running(
+    sweep_run: subprocess.Popen, names: list[str], count: int
+) -> list[psutil.Process]:
+    """Once at least `count` of the trials named run their `dvc exp run`: those processes."""
+    deadline = time.monotonic() + 300  # guards the suite only
+    while len(running := trial_processes(names)) < count:
+        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
+        time.sleep(0.2)
+    return running
+
+
 def trial_processes(names: list[str]) -> list[psutil.Process]:
     """The `dvc exp run` of each trial named running on this machine (other tests' trials may
     run beside them)."""
@@ -180,19 +205,8 @@ def test_a_sweep_survives_a_killed_worker_and_a_failed_trial(team, s3_endpoint, 
     points = f"{GRID},1e30"
     diverging = trial_name(commit, grid([points])[-1])  # as the sweep writes it: 1e+30
     with documented_cluster(tmp_path / "dask", S3_CREDENTIALS) as address:
-        sweep_run = subprocess.Popen(
-            [sys.executable, "-m", "mnist_cnn", "sweep", "-S", points, "--scheduler", address],
-            cwd=repo.root,
-            env=repo.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 300  # guards the suite only
-        while not (running := trial_processes(list(names))):
-            assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
-            time.sleep(0.2)
-        killed = running[0]
+        sweep_run = start_sweep(repo, "-S", points, "--scheduler", address)
+        killed = trials_running(sweep_run, list(names), 1)[0]
         (killed_name,) = set(names) & set(killed.cmdline())
         killed.parent().kill()  # the worker process, under its nanny
         output, errors = sweep_run.communicate(timeout=600)
@@ -343,21 +357,10 @@ def test_ctrl_c_stops_every_trial_and_publishes_nothing(team, cluster, workers_t
     repo = copy_repository(team.root, team.root.parent / f"user-interrupt-{len(where)}", env)
     rates = "train.learning_rate=0.011,0.012,0.013"
     scheduler = ["--scheduler", cluster] if where == "a running cluster" else []
-    sweep_run = subprocess.Popen(
-        [sys.executable, "-m", "mnist_cnn", "sweep", "-S", rates, *scheduler],
-        cwd=repo.root,
-        env=repo.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    sweep_run = start_sweep(repo, "-S", rates, *scheduler, own_session=True)
     commit = repo.run("git", "rev-parse", "HEAD").stdout.strip()
     names = [trial_name(commit, point) for point in grid([rates])]
-    deadline = time.monotonic() + 300  # guards the suite only
-    while len(running := trial_processes(names)) < min(2, available_cores()):
-        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.communicate()
-        time.sleep(0.2)
+    running = trials_running(sweep_run, names, min(2, available_cores()))
     time.sleep(2)  # into training
     os.killpg(sweep_run.pid, signal.SIGINT)
     output, errors = sweep_run.communicate(timeout=120)
