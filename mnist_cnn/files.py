@@ -1,4 +1,5 @@
-"""Reading the prepared data; writing every output atomically and byte-reproducibly.
+"""Reading the stages' inputs, each refused in one line if missing or unreadable; writing every
+output atomically and byte-reproducibly.
 
 Every output is written to a temporary file beside its target and renamed into place, so an
 interrupted stage never leaves a partial file; a killed one may leave the temporary file, which
@@ -188,3 +189,15 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise PipelineError(f"{path}: not found (run the preprocess stage first)") from None
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a model file that is missing or not a .keras file (before Keras, seconds to
+    import, loads it: mnist_cnn/model.py)."""
+    if not path.exists():
+        raise PipelineError(f"{path}: not found (run the train stage first)")
+    if path.suffix != ".keras":  # Keras would suggest TFSMLayer
+        raise PipelineError(
+            f"{path}: not a .keras file (this command runs Keras models; the ONNX, TFLite and "
+            "SavedModel exports run in their own runtimes: see the README, Serve the model)"
+        )

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from mnist_cnn import mnist
 from mnist_cnn.errors import PipelineError, exception_chain, out_of_memory
-from mnist_cnn.files import scratch_directory_beside, write_zip
+from mnist_cnn.files import check_model_file, scratch_directory_beside, write_zip
 from mnist_cnn.params import ModelParams
 
 
@@ -97,13 +97,7 @@ def load_model(path: Path) -> keras.Model:
     optimizer is not restored (compile=False): predicting needs none, and Keras cannot restore
     the loss-scaling one of a mixed_float16 model (it warns and skips its variables).
     """
-    if not path.exists():
-        raise PipelineError(f"{path}: not found (run the train stage first)")
-    if path.suffix != ".keras":  # Keras would suggest TFSMLayer
-        raise PipelineError(
-            f"{path}: not a .keras file (this command runs Keras models; the ONNX, TFLite and "
-            "SavedModel exports run in their own runtimes: see the README, Serve the model)"
-        )
+    check_model_file(path)
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many kinds for a corrupt or edited file

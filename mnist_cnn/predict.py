@@ -16,8 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mnist_cnn.errors import PipelineError, one_line
+from mnist_cnn.files import check_model_file
 from mnist_cnn.lock import check_recorded
-from mnist_cnn.model import load_model, predict_probabilities
 from mnist_cnn.params import PIPELINE_FILE, read_paths
 from mnist_cnn.user_images import prepare
 
@@ -49,9 +49,14 @@ def predict(images: list[Path], model_path: Path | None, as_json: bool) -> int:
             )
         model_path = read_paths().model
         check_recorded(model_path)  # the project's model: the one dvc.lock records
+    check_model_file(model_path)
+    # TensorFlow and Keras only now: they take seconds to import, and a wrong model path is
+    # refused at once.
+    from mnist_cnn.model import load_model, predict_probabilities
+
     model = load_model(model_path)
     prepared, names, failed = [], [], False
-    # About 12 ms an image: a bar on a terminal for many (it goes once they are read).
+    # Many images take a while to prepare: a bar on a terminal (it goes once they are read).
     shown = len(images) >= PROGRESS_FROM and sys.stderr.isatty()
     with tqdm(total=len(images), unit="image", leave=False, disable=not shown) as progress:
         for path in images:

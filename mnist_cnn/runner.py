@@ -95,10 +95,11 @@ def run_command(main: Callable[[], int | None], name: str) -> int:
 
 
 def stop_at_once_on_ctrl_c() -> None:
-    """Until `run` takes over, Ctrl-C prints `interrupted` and ends the process at once, with
-    130: the project's programs spend their first seconds importing TensorFlow, Keras and
-    onnxruntime, where a KeyboardInterrupt came out as a 40-line traceback (or onnxruntime's
-    ImportError). Nothing is written before `run` starts, so there is nothing to clean up."""
+    """Until `run_command` takes over, Ctrl-C prints `interrupted` and ends the process at once,
+    with 130: the programs' first moments import libraries (pydantic, pandas, matplotlib), where
+    a KeyboardInterrupt came out as a traceback. Nothing is written before `run_command` starts,
+    so there is nothing to clean up. (TensorFlow, Keras and onnxruntime, seconds to import, are
+    imported later, under `run_command`, once a program has checked its inputs.)"""
     if threading.current_thread() is not threading.main_thread():
         return
     # The terminal's stderr, kept: TensorFlow's import runs with file descriptor 2 held back

@@ -8,10 +8,16 @@ import pandas as pd
 
 from mnist_cnn import mnist
 from mnist_cnn.figures import plot_confusion_matrix, plot_image_grid, png_bytes
-from mnist_cnn.files import read_npz, remove_stale_temporaries, write_bytes, write_json, write_text
+from mnist_cnn.files import (
+    check_model_file,
+    read_npz,
+    remove_stale_temporaries,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from mnist_cnn.lock import check_recorded
 from mnist_cnn.metrics import classification_metrics, confusion_matrix, digit_scores
-from mnist_cnn.model import load_model, predict_probabilities
 from mnist_cnn.params import load_params
 from mnist_cnn.runner import run_stage
 from mnist_cnn.tensorflow_setup import make_deterministic
@@ -22,11 +28,16 @@ def main() -> None:
     paths, settings = params.paths, params.evaluate
     outputs = [paths.evaluate_images, paths.predictions, paths.per_digit, paths.evaluate_metrics]
     remove_stale_temporaries(outputs)
-    make_deterministic(params.seed, params.threads)
     check_recorded(paths.model)  # a damaged cache object checked out is refused here
-    model = load_model(paths.model)
+    check_model_file(paths.model)
     test = read_npz(paths.test_data)
     images, actual = test["images"], test["labels"].astype(np.int64)
+    # TensorFlow and Keras only now, after the inputs: they take seconds to import, and a
+    # wrong param or a missing input is refused at once.
+    from mnist_cnn.model import load_model, predict_probabilities
+
+    make_deterministic(params.seed, params.threads)
+    model = load_model(paths.model)
 
     probabilities = predict_probabilities(model, images, settings.batch_size)
     predicted = probabilities.argmax(axis=1)

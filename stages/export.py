@@ -5,15 +5,8 @@ model in float32 predicts (mnist_cnn/parity.py) before any is written."""
 import sys
 
 from mnist_cnn.errors import PipelineError, how_to_restore
-from mnist_cnn.exports import (
-    CONVERTER_NOISE,
-    FORMATS,
-    export_files,
-    float32_copy,
-    make_exports,
-    size_bytes,
-)
 from mnist_cnn.files import (
+    check_model_file,
     read_npz,
     remove_stale_temporaries,
     removed_on_failure,
@@ -23,15 +16,7 @@ from mnist_cnn.files import (
     write_json,
 )
 from mnist_cnn.lock import check_recorded
-from mnist_cnn.model import load_model
 from mnist_cnn.params import PathsParams, load_params
-from mnist_cnn.parity import (
-    check_parity,
-    compare,
-    headline_metrics,
-    keras_predict,
-    predict_in_batches,
-)
 from mnist_cnn.runner import run_stage
 from mnist_cnn.tensorflow_setup import make_deterministic, native_stderr_filtered
 
@@ -39,13 +24,33 @@ from mnist_cnn.tensorflow_setup import make_deterministic, native_stderr_filtere
 def main() -> None:
     params = load_params()
     paths, settings = params.paths, params.export
+    check_recorded(paths.model)  # a damaged cache object checked out is refused here
+    check_model_file(paths.model)
+    images = read_npz(paths.test_data)["images"]
+    # TensorFlow, Keras and the converters only now, after the inputs: they take seconds to
+    # import, and a wrong param or a missing input is refused at once.
+    from mnist_cnn.exports import (
+        CONVERTER_NOISE,
+        FORMATS,
+        export_files,
+        float32_copy,
+        make_exports,
+        size_bytes,
+    )
+    from mnist_cnn.model import load_model
+    from mnist_cnn.parity import (
+        check_parity,
+        compare,
+        headline_metrics,
+        keras_predict,
+        predict_in_batches,
+    )
+
     outputs = export_files(paths)
     reports = [paths.export_metrics, paths.export_details]
     remove_stale_temporaries([*outputs.values(), *reports])
     make_deterministic(params.seed, params.threads)
-    check_recorded(paths.model)  # a damaged cache object checked out is refused here
     trained = load_model(paths.model)
-    images = read_npz(paths.test_data)["images"]
     float32_model = float32_copy(trained)
     # The exports are checked against the model they are made from, the float32 copy: that
     # measures the conversion. How far the copy is from the model in its training precision
@@ -98,8 +103,8 @@ def report(training_precision: str, details: dict, outputs: dict, paths: PathsPa
             f" {effect['agreement']:.2%} of {count} test images, probabilities within"
             f" {effect['max_probability_difference']:.2g} (recorded, not checked)"
         )
-    for export in FORMATS:
-        result, output = details[export.name], outputs[export.name]
+    for name, output in outputs.items():  # in FORMATS' order
+        result = details[name]
         print(
             f"{output}: the float32 Keras model's digit on {result['agreement']:.2%} of"
             f" {count} test images, probabilities within"

@@ -9,20 +9,23 @@ import sys
 
 from mnist_cnn.errors import PipelineError, how_to_restore
 from mnist_cnn.files import read_npz, remove_stale_temporaries, removed_on_failure, write_json
-from mnist_cnn.history import LiveCurves, history_files
-from mnist_cnn.model import save_model
 from mnist_cnn.params import load_params
 from mnist_cnn.runner import run_stage
-from mnist_cnn.training import StopIfParamsChanged, fit_model, model_info
 
 
 def main() -> None:
     params = load_params()
     paths = params.paths
-    outputs = [paths.model, paths.model_info, *history_files(paths)]
-    remove_stale_temporaries(outputs)
     train_data = read_npz(paths.train_data)
     validation_data = read_npz(paths.validation_data)
+    # TensorFlow and Keras only now, after the inputs: they take seconds to import, and a
+    # wrong param or a missing input is refused at once.
+    from mnist_cnn.history import LiveCurves, history_files
+    from mnist_cnn.model import save_model
+    from mnist_cnn.training import StopIfParamsChanged, fit_model, model_info
+
+    outputs = [paths.model, paths.model_info, *history_files(paths)]
+    remove_stale_temporaries(outputs)
 
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar only where someone watches
     try:

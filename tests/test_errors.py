@@ -161,8 +161,8 @@ def test_missing_input_says_which_stage_to_run(tmp_path, stage, message):
     ],
 )
 def test_corrupt_input_is_named(tmp_path, stage, path, message):
-    write_params(tmp_path, TINY_MODEL)
-    (tmp_path / path).parent.mkdir(parents=True)
+    write_tiny_data(tmp_path, write_params(tmp_path, TINY_MODEL))  # the other inputs sound
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / path).write_bytes(b"PK\x03\x04 this is not a zip archive")
     assert error_line(run_stage_cli(stage, tmp_path)).startswith(f"error: {path}: {message} (")
 
