@@ -145,11 +145,22 @@ def test_a_huge_bad_value_is_quoted_short(tmp_path):
         ),
         ("train", "data/prepared/train.npz: not found (run the preprocess stage first)"),
         ("evaluate", "models/model.keras: not found (run the train stage first)"),
+        ("export", "models/model.keras: not found (run the train stage first)"),
     ],
 )
 def test_missing_input_says_which_stage_to_run(tmp_path, stage, message):
+    """Before importing TensorFlow, which takes seconds."""
     write_params(tmp_path, TINY_MODEL)
-    assert error_line(run_stage_cli(stage, tmp_path)) == f"error: {message}"
+    script = (
+        "import runpy, sys\n"
+        "try:\n"
+        f"    runpy.run_module('stages.{stage}', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, 'tensorflow' in sys.modules)\n"
+    )
+    result = run_script(script, (), tmp_path)  # the stage as `python -m`, then a look inside
+    assert error_line(result, 0) == f"error: {message}"
+    assert result.stdout == "1 False\n"
     assert only_the_configuration(tmp_path)
 
 

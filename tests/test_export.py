@@ -19,7 +19,6 @@ from mnist_cnn.parity import check_parity, compare
 from tests.helpers import (
     TINY_MODEL,
     dtype_policy,
-    error_line,
     params_with,
     run_stage_cli,
     write_params,
@@ -204,15 +203,6 @@ def test_canonical_names_number_nodes_and_constants_in_graph_order():
     ]
     assert [constant.name for constant in model.graph.initializer] == ["constant_0"]
     onnx.checker.check_model(model)
-
-
-@pytest.mark.cli
-def test_export_without_a_model_fails_in_one_line(tmp_path):
-    params = write_params(tmp_path, TINY_MODEL)
-    write_tiny_data(tmp_path, params)
-    result = run_stage_cli("export", tmp_path)
-    assert error_line(result) == "error: models/model.keras: not found (run the train stage first)"
-    assert not any((tmp_path / output).exists() for output in OUTPUTS)
 
 
 @pytest.mark.cli
